@@ -1,0 +1,278 @@
+"""The on-disk class map: a chunked zarr pyramid of labels at model resolution.
+
+Layout of a slide's result folder (``<name>.samlung/``)::
+
+    classmap.zarr/        zarr v3 group; arrays "0" (model resolution), "1", "2", ... (each half
+                          the previous, nearest-neighbour), uint8 labels (labels.py conventions);
+                          group attribute "samlung" holds the metadata below
+    progress.log          chunks finished by an unfinished whole-slide run (for resume)
+
+Coordinates are class-map pixels; ``scale`` is how many level-0 slide pixels one class-map pixel
+spans. Reviewed (corrected) regions live in the metadata too, so the engine never overwrites a
+pathologist's correction and export finds them in the same place.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import zarr
+
+from napari_samlung.labels import BACKGROUND, class_name
+
+FORMAT = "samlung-classmap"
+VERSION = 1
+CHUNK = 512
+PYRAMID_CHUNK = 256
+MIN_LEVEL_SIZE = 256
+
+Box = tuple[int, int, int, int]  # (y, x, h, w)
+
+
+class ClassMapError(ValueError):
+    """A class map folder that is missing, of another format, or inconsistent."""
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def intersect(a: Box, b: Box) -> Box | None:
+    """Intersection of two boxes, or None when they do not overlap."""
+    y0, x0 = max(a[0], b[0]), max(a[1], b[1])
+    y1, x1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    return (y0, x0, y1 - y0, x1 - x0) if y1 > y0 and x1 > x0 else None
+
+
+def results_dir(slide_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Where a slide's results live: ``OUT/<stem>.samlung`` or next to the slide."""
+    slide_path = Path(slide_path)
+    name = slide_path.name.split(".")[0] if slide_path.name.endswith(".ome.tif") else slide_path.stem
+    parent = Path(out_dir) if out_dir is not None else slide_path.parent
+    return parent / f"{name}.samlung"
+
+
+def level_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """Pyramid shapes: halve until the longer side is at most MIN_LEVEL_SIZE."""
+    shapes = [tuple(int(s) for s in shape)]
+    while max(shapes[-1]) > MIN_LEVEL_SIZE:
+        h, w = shapes[-1]
+        shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
+    return shapes
+
+
+class ClassMap:
+    """A class-map pyramid on disk. Open with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, root: Path, group: zarr.Group):
+        self.root = Path(root)
+        self.group = group
+        self.levels: list[zarr.Array] = [group[str(k)] for k in range(len(self.meta["levels"]))]
+
+    # -- creation and opening -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike,
+        shape: tuple[int, int],
+        *,
+        scale: float,
+        num_classes: int,
+        slide: dict[str, Any],
+        model: dict[str, Any],
+        overwrite: bool = False,
+    ) -> "ClassMap":
+        """Create an empty class map (all background) in ``root/classmap.zarr``.
+
+        The group is built under a temporary name and renamed into place, so a crash never leaves
+        a half-made class map behind.
+        """
+        root = Path(root)
+        target = root / "classmap.zarr"
+        if target.exists() and not overwrite:
+            raise ClassMapError(f"{target} already exists")
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".classmap-{uuid.uuid4().hex}.zarr"
+        group = zarr.open_group(tmp, mode="w")
+        shapes = level_shapes(shape)
+        for k, s in enumerate(shapes):
+            chunk = CHUNK if k == 0 else PYRAMID_CHUNK
+            group.create_array(str(k), shape=s, chunks=(min(chunk, s[0]), min(chunk, s[1])), dtype="uint8",
+                               fill_value=BACKGROUND)
+        group.attrs["samlung"] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "status": "empty",
+            "shape": list(shapes[0]),
+            "levels": [list(s) for s in shapes],
+            "scale": float(scale),
+            "num_classes": int(num_classes),
+            "class_names": {str(v): class_name(v, num_classes) for v in range(num_classes + 1)},
+            "slide": slide,
+            "model": model,
+            "job": None,
+            "segmented": [],
+            "reviewed": [],
+            "created": now(),
+        }
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        (root / "progress.log").unlink(missing_ok=True)
+        return cls.open(root, mode="r+")
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, mode: str = "r") -> "ClassMap":
+        """Open the class map in a result folder (``mode`` 'r' or 'r+')."""
+        root = Path(root)
+        path = root / "classmap.zarr"
+        if not (path / "zarr.json").is_file():
+            raise ClassMapError(f"no class map in {root} (expected {path})")
+        try:
+            group = zarr.open_group(path, mode=mode)
+            meta = group.attrs["samlung"]
+        except Exception as exc:  # zarr raises several types for damaged stores
+            raise ClassMapError(f"{path} is not a readable class map: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ClassMapError(f"{path} is not a napari-samlung class map")
+        if meta.get("version") != VERSION:
+            raise ClassMapError(f"{path} has class-map format version {meta.get('version')}, expected {VERSION}")
+        return cls(root, group)
+
+    @staticmethod
+    def exists(root: str | os.PathLike) -> bool:
+        return (Path(root) / "classmap.zarr" / "zarr.json").is_file()
+
+    # -- metadata -------------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.group.attrs["samlung"]
+
+    def refresh(self) -> None:
+        """Re-read the metadata from disk: another ClassMap object (the engine's, the widget's) may
+        have written it since this one was opened."""
+        self.group = zarr.open_group(self.root / "classmap.zarr", mode="r" if self.group.read_only else "r+")
+
+    def update_meta(self, **changes: Any) -> None:
+        """Rewrite the metadata on disk with ``changes`` applied (zarr writes zarr.json atomically)."""
+        meta = dict(self.meta)
+        meta.update(changes, updated=now())
+        self.group.attrs["samlung"] = meta
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.meta["shape"])  # type: ignore[return-value]
+
+    @property
+    def scale(self) -> float:
+        return float(self.meta["scale"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def mpp(self) -> float | None:
+        """Microns per class-map pixel (the slide's times ``scale``); None when the slide's is unknown."""
+        slide_mpp = (self.meta.get("slide") or {}).get("mpp")
+        return None if slide_mpp is None else float(slide_mpp) * self.scale
+
+    @property
+    def status(self) -> str:
+        return self.meta["status"]
+
+    @property
+    def chunk(self) -> tuple[int, int]:
+        return tuple(self.levels[0].chunks)  # type: ignore[return-value]
+
+    @property
+    def reviewed(self) -> list[dict[str, Any]]:
+        return list(self.meta.get("reviewed", []))
+
+    def reviewed_boxes(self) -> list[Box]:
+        return [tuple(r["box"]) for r in self.reviewed]  # type: ignore[misc]
+
+    def add_reviewed(self, box: Box, **info: Any) -> dict[str, Any]:
+        """Record ``box`` as reviewed (corrected by a person); returns the record."""
+        box = self.clip(box)
+        record = {"id": uuid.uuid4().hex[:12], "box": [int(v) for v in box], "created": now(), **info}
+        self.refresh()
+        self.update_meta(reviewed=self.reviewed + [record])
+        return record
+
+    def remove_reviewed(self, region_id: str) -> None:
+        self.refresh()
+        self.update_meta(reviewed=[r for r in self.reviewed if r["id"] != region_id])
+
+    # -- geometry -------------------------------------------------------------------------------
+    def clip(self, box: Box) -> Box:
+        """``box`` clipped to the map; ValueError when nothing is left."""
+        inside = intersect(box, (0, 0, *self.shape))
+        if inside is None:
+            raise ValueError(f"box {tuple(box)} lies outside the class map of shape {self.shape}")
+        return inside
+
+    def to_slide(self, box: Box) -> Box:
+        """A class-map box in level-0 slide pixels (rounded outwards)."""
+        s = self.scale
+        y0, x0 = math.floor(box[0] * s), math.floor(box[1] * s)
+        y1, x1 = math.ceil((box[0] + box[2]) * s), math.ceil((box[1] + box[3]) * s)
+        return y0, x0, y1 - y0, x1 - x0
+
+    def from_slide(self, box: Box) -> Box:
+        """A level-0 slide box in class-map pixels (rounded outwards, clipped to the map)."""
+        s = self.scale
+        y0, x0 = math.floor(box[0] / s), math.floor(box[1] / s)
+        y1, x1 = math.ceil((box[0] + box[2]) / s), math.ceil((box[1] + box[3]) / s)
+        return self.clip((y0, x0, y1 - y0, x1 - x0))
+
+    def chunk_box(self, cy: int, cx: int) -> Box:
+        ch, cw = self.chunk
+        h, w = self.shape
+        return cy * ch, cx * cw, min(ch, h - cy * ch), min(cw, w - cx * cw)
+
+    def chunks_in(self, box: Box) -> Iterable[tuple[int, int]]:
+        """Indices of the level-0 chunks that ``box`` touches."""
+        ch, cw = self.chunk
+        for cy in range(box[0] // ch, (box[0] + box[2] - 1) // ch + 1):
+            for cx in range(box[1] // cw, (box[1] + box[3] - 1) // cw + 1):
+                yield cy, cx
+
+    # -- pixels ---------------------------------------------------------------------------------
+    def read(self, box: Box, level: int = 0) -> np.ndarray:
+        y, x, h, w = box
+        return np.asarray(self.levels[level][y:y + h, x:x + w])
+
+    def write(self, box: Box, labels: np.ndarray) -> None:
+        """Write a block at level 0 and the matching samples of every coarser level."""
+        y, x, h, w = box
+        if labels.shape != (h, w):
+            raise ValueError(f"labels of shape {labels.shape} do not fit box {box}")
+        self.levels[0][y:y + h, x:x + w] = labels
+        self._write_pyramid(box, labels)
+
+    def _write_pyramid(self, box: Box, labels: np.ndarray) -> None:
+        # Level k holds level-0 pixel (i * 2**k, j * 2**k): every sample a block owns is inside it.
+        y, x, h, w = box
+        for k in range(1, len(self.levels)):
+            f = 1 << k
+            ky0, kx0 = -(-y // f), -(-x // f)
+            ky1, kx1 = -(-(y + h) // f), -(-(x + w) // f)
+            if ky1 <= ky0 or kx1 <= kx0:
+                break
+            self.levels[k][ky0:ky1, kx0:kx1] = labels[ky0 * f - y::f, kx0 * f - x::f][: ky1 - ky0, : kx1 - kx0]
+
+    def rebuild_pyramid(self) -> None:
+        """Recompute every coarser level from level 0, chunk by chunk."""
+        h, w = self.shape
+        for cy in range(-(-h // self.chunk[0])):
+            for cx in range(-(-w // self.chunk[1])):
+                box = self.chunk_box(cy, cx)
+                self._write_pyramid(box, self.read(box))

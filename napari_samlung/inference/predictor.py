@@ -1,0 +1,72 @@
+"""Run a segmentation model on batches of uint8 tiles on one device."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from napari_samlung.model.normalize import normalize
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' picks CUDA when present; an unavailable CUDA device is a clear error."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+class TilePredictor:
+    """Normalizes tiles, runs the model (bf16 autocast on CUDA) and returns logits on the device.
+
+    ``config`` supplies ``pixel_mean``/``pixel_std`` (model normalization), ``num_classes`` and
+    ``mpp``; it is the model's own ``SamLungConfig`` for SAM-Lung. ``info`` describes the model
+    (checkpoint path, preset) for the class map's metadata.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Any,
+        device: str | torch.device | None = "auto",
+        *,
+        amp: bool = True,
+        compile: bool = False,
+        info: dict[str, Any] | None = None,
+    ):
+        self.device = resolve_device(device)
+        self.config = config
+        self.model = model.eval().to(self.device)
+        self.info = dict(info or {})
+        self.num_classes = int(config.num_classes)
+        self.amp_dtype = torch.bfloat16 if amp and self.device.type == "cuda" else None
+        if compile and hasattr(model, "compile_blocks"):
+            model.compile_blocks()
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.config.img_size)
+
+    @property
+    def mpp(self) -> float | None:
+        return getattr(self.config, "mpp", None)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @torch.inference_mode()
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 tiles (host, ideally pinned, or device) -> (B, C, H, W) logits on the device."""
+        x = tiles.to(self.device, non_blocking=True)
+        x = normalize(x, self.config)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return self.model(x)

@@ -1,0 +1,94 @@
+"""Blend tile predictions into final labels, on the device that ran the model.
+
+Cells covered by one tile take the arg-max of that tile's logits directly. Cells shared by two
+or four tiles accumulate ``weight * softmax(logits)`` until every covering tile has arrived
+(the weights sum to one, see ``tiling.py``), then take the arg-max. Only open shared cells are
+kept, so memory follows the frontier of the row-major tile order, not the slide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from napari_samlung.inference.tiling import Box, Cell, TileGrid
+
+
+class TileKind(Enum):
+    MODEL = "model"  # the model ran on this tile
+    BACKGROUND = "background"  # no tissue: certain background, the model did not run
+    DONE = "done"  # every pixel of the tile is already on disk (resumed run): contributes nothing
+
+
+@dataclass
+class Block:
+    """Final labels for a box: a uint8 (h, w) tensor, or ``None`` for all background."""
+
+    box: Box
+    labels: torch.Tensor | None
+
+
+@dataclass
+class _Open:
+    remaining: int
+    acc: torch.Tensor | None = None  # (C, h, w) float32 sum of weighted probabilities
+    background: torch.Tensor | None = None  # (h, w) weight still owed to class 0
+    done: bool = False  # a tile that was skipped as already written covers it
+
+
+class Stitcher:
+    """Turn per-tile logits into final label blocks."""
+
+    def __init__(self, grid: TileGrid, device: torch.device | str):
+        self.grid = grid
+        self.device = torch.device(device)
+        self._wy = [torch.from_numpy(grid.rows.weights(i)).to(self.device) for i in range(grid.rows.count)]
+        self._wx = [torch.from_numpy(grid.cols.weights(i)).to(self.device) for i in range(grid.cols.count)]
+        self._open: dict[tuple[int, int], _Open] = {}
+
+    @property
+    def open_cells(self) -> int:
+        return len(self._open)
+
+    def add(self, r: int, c: int, kind: TileKind, logits: torch.Tensor | None = None) -> list[Block]:
+        """Add tile (r, c); ``logits`` (C, tile, tile) when ``kind`` is MODEL. Returns finished blocks."""
+        ty, tx, _, _ = self.grid.tile_box(r, c)
+        out: list[Block] = []
+        for cell in self.grid.cells_of(r, c):
+            y, x, h, w = cell.box
+            ys, xs = slice(y - ty, y - ty + h), slice(x - tx, x - tx + w)
+            if len(cell.tiles) == 1:
+                if kind is TileKind.MODEL:
+                    out.append(Block(cell.box, logits[:, ys, xs].argmax(0).to(torch.uint8)))
+                elif kind is TileKind.BACKGROUND:
+                    out.append(Block(cell.box, None))
+                continue
+            state = self._open.setdefault(cell.key, _Open(remaining=len(cell.tiles)))
+            if kind is TileKind.DONE:
+                state.done = True
+            else:
+                weight = self._wy[r][ys, None] * self._wx[c][None, xs]
+                if kind is TileKind.MODEL:
+                    contribution = torch.softmax(logits[:, ys, xs].float(), 0).mul_(weight)
+                    state.acc = contribution if state.acc is None else state.acc.add_(contribution)
+                else:
+                    state.background = weight if state.background is None else state.background + weight
+            state.remaining -= 1
+            if state.remaining == 0:
+                del self._open[cell.key]
+                block = self._finish(cell, state)
+                if block is not None:
+                    out.append(block)
+        return out
+
+    @staticmethod
+    def _finish(cell: Cell, state: _Open) -> Block | None:
+        if state.done:  # its pixels are on disk already
+            return None
+        if state.acc is None:
+            return Block(cell.box, None)
+        if state.background is not None:
+            state.acc[0].add_(state.background)
+        return Block(cell.box, state.acc.argmax(0).to(torch.uint8))

@@ -1,0 +1,186 @@
+"""Gather finished label blocks into whole chunks and write them in a background thread.
+
+Blocks arrive from the stitcher as device tensors. ``submit`` starts one asynchronous copy to the
+host per batch and returns at once; the writer thread waits for the copy, places the blocks into
+chunk buffers and writes each chunk (with its pyramid samples) when its last pixel is in. A
+finished chunk is appended to ``progress.log``, so an interrupted run resumes from there. Pixels
+inside reviewed regions keep what the pathologist put there.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_samlung.inference.classmap import Box, ClassMap, intersect
+from napari_samlung.inference.stitching import Block
+
+ChunkKey = tuple[int, int]
+
+
+def read_progress(path: Path, prefix: str) -> set[ChunkKey]:
+    """Chunks recorded as written under ``prefix`` (one pass of a run); torn lines are ignored."""
+    done: set[ChunkKey] = set()
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == prefix and parts[1].isdigit() and parts[2].isdigit():
+                done.add((int(parts[1]), int(parts[2])))
+    return done
+
+
+class ChunkWriter:
+    """Writes the class map inside ``box`` chunk by chunk from a background thread."""
+
+    def __init__(
+        self,
+        classmap: ClassMap,
+        box: Box,
+        *,
+        done: set[ChunkKey] = frozenset(),
+        protect: list[Box] = (),
+        progress_log: Path | None = None,
+        log_prefix: str = "s",
+        target: "zarr.Array | None" = None,  # noqa: F821 - another array than level 0 (raw labels)
+    ):
+        self.classmap, self.box = classmap, box
+        self.done = set(done)
+        self.protect = list(protect)
+        self.target = target
+        self.log_prefix = log_prefix
+        self._log = open(progress_log, "a") if progress_log is not None else None
+        self._buffers: dict[ChunkKey, list] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._written: list[Box] = []
+        self._written_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="samlung-writer", daemon=True)
+        self._thread.start()
+
+    # -- main-thread side -----------------------------------------------------------------------
+    def submit(self, blocks: list[Block]) -> None:
+        """Queue finished blocks; the device-to-host copy is started here and awaited in the thread."""
+        self._raise_if_failed()
+        tensors = [b.labels.reshape(-1) for b in blocks if b.labels is not None]
+        host, event = None, None
+        if tensors:
+            flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+            if flat.device.type == "cuda":
+                host = flat.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                host = flat
+        self._queue.put(([(b.box, b.labels is not None) for b in blocks], host, event))
+
+    def take_written(self) -> list[Box]:
+        """Chunk boxes written since the last call (for live display)."""
+        with self._written_lock:
+            out, self._written = self._written, []
+        return out
+
+    def close(self) -> None:
+        """Wait for every queued block to be written; raise what the thread raised."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._log is not None:
+            self._log.close()
+        self._raise_if_failed()
+
+    @property
+    def incomplete_chunks(self) -> int:
+        return len(self._buffers)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing the class map in {self.classmap.root} failed: {self._error}") from self._error
+
+    # -- writer thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain so the producer never blocks
+            try:
+                self._place_all(*item)
+            except BaseException as exc:  # reported on the main thread
+                self._error = exc
+
+    def _place_all(self, blocks: list[tuple[Box, bool]], host: torch.Tensor | None, event) -> None:
+        if event is not None:
+            event.synchronize()
+        data = host.numpy() if host is not None else None
+        offset = 0
+        for box, has_data in blocks:
+            n = box[2] * box[3]
+            labels = data[offset:offset + n].reshape(box[2], box[3]) if has_data else None
+            offset += n if has_data else 0
+            self._place(box, labels)
+
+    def _place(self, box: Box, labels: np.ndarray | None) -> None:
+        for key in self.classmap.chunks_in(box):
+            if key in self.done:
+                continue
+            chunk = self.classmap.chunk_box(*key)
+            part = intersect(chunk, box)
+            part = part and intersect(part, self.box)
+            if part is None:
+                continue
+            entry = self._buffers.get(key)
+            if entry is None:
+                need = intersect(chunk, self.box)
+                entry = self._buffers[key] = [np.zeros(chunk[2:], np.uint8), need[2] * need[3]]
+            y, x, h, w = part
+            if labels is not None:
+                entry[0][y - chunk[0]:y - chunk[0] + h, x - chunk[1]:x - chunk[1] + w] = \
+                    labels[y - box[0]:y - box[0] + h, x - box[1]:x - box[1] + w]
+            entry[1] -= h * w
+            if entry[1] == 0:
+                del self._buffers[key]
+                self._write_chunk(key, chunk, entry[0])
+
+    def _write_chunk(self, key: ChunkKey, chunk: Box, labels: np.ndarray) -> None:
+        inside = intersect(chunk, self.box)
+        keep = [b for b in (intersect(chunk, p) for p in self.protect) if b is not None]
+        if inside != chunk or keep:
+            old = self._read(chunk)
+            merged = old.copy()
+            y, x, h, w = inside
+            merged[y - chunk[0]:y - chunk[0] + h, x - chunk[1]:x - chunk[1] + w] = \
+                labels[y - chunk[0]:y - chunk[0] + h, x - chunk[1]:x - chunk[1] + w]
+            for y, x, h, w in keep:  # reviewed pixels stay as the pathologist left them
+                sl = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
+                merged[sl] = old[sl]
+            labels = merged
+        if self.target is not None:
+            y, x, h, w = chunk
+            self.target[y:y + h, x:x + w] = labels
+        else:
+            self.classmap.write(chunk, labels)
+        if self._log is not None:
+            self._log.write(f"{self.log_prefix} {key[0]} {key[1]}\n")
+            self._log.flush()
+        self.done.add(key)
+        with self._written_lock:
+            self._written.append(chunk)
+
+    def _read(self, chunk: Box) -> np.ndarray:
+        if self.target is not None:
+            y, x, h, w = chunk
+            return np.asarray(self.target[y:y + h, x:x + w])
+        return self.classmap.read(chunk)
+
+
+def remove_progress(path: Path) -> None:
+    """Forget a finished run's progress log."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,28 @@
+"""Shared test fixtures: the real data in ../shared/fixtures, skipped with a reason where absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def _shared(relative: str) -> Path:
+    path = SHARED_FIXTURES / relative
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (CI provides ../shared beside the clone)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_svs() -> Path:
+    """A real Aperio SVS (CMU-1 small region, JPEG tiles, MPP in its description)."""
+    return _shared("cmu-1-small-region.svs")
+
+
+@pytest.fixture(scope="session")
+def ocdc_dir() -> Path:
+    """Ten real 640x640 H&E tiles (``images/``) with tumor masks (``masks/``, JPEG, threshold > 127)."""
+    return _shared("ocdc")
