@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 EXIT_USAGE = 2
 
@@ -164,13 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="samlung", description="SAM-Lung tumor segmentation for whole-slide H&E images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_segment(sub)
-    for add in _optional_commands():
-        add(sub)
+    _add_export(sub)
     return parser
 
 
-def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    return []
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from napari_samlung.annotations.cli import add_export_arguments, run_export
+
+    p = sub.add_parser("export", help="export a slide's results: training set of reviewed regions, GeoJSON, label TIFF",
+                       description="Export a slide's class map and reviewed regions.")
+    add_export_arguments(p)
+    p.set_defaults(func=run_export)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -235,3 +235,23 @@ def test_resolution_follows_the_models_microns_per_pixel(textured_slide, tmp_pat
     cm = result.classmap
     assert cm.shape == (350, 450) and cm.scale == pytest.approx(2.0)
     assert cm.to_slide((10, 20, 5, 5)) == (20, 40, 10, 10)
+
+
+def test_a_region_reviewed_during_a_run_is_kept(textured_slide, tmp_path, monkeypatch):
+    from napari_samlung.inference import writer
+
+    monkeypatch.setattr(writer, "PROTECT_REFRESH_S", 0.0)
+    root = tmp_path / "out.samlung"
+    params = SegmentationParams(tile_size=128, overlap=16, batch_size=1, skip_background=False)
+    with open_slide(textured_slide) as slide:
+        gen = iter_segment(slide, predictor(), root, params)
+        while not next(gen).written:  # run until the first chunks are on disk (the bottom is not yet)
+            pass
+        widget_view = ClassMap.open(root, mode="r+")  # as the napari widget holds it
+        widget_view.add_reviewed((600, 0, 100, 900))
+        widget_view.write((600, 0, 100, 900), np.full((100, 900), 9, np.uint8))
+        for _ in gen:
+            pass
+    cm = ClassMap.open(root)
+    assert (cm.read((600, 0, 100, 900)) == 9).all()
+    assert len(cm.reviewed) == 1 and cm.status == "complete"

@@ -162,6 +162,7 @@ class ClassMap:
 
     def update_meta(self, **changes: Any) -> None:
         """Rewrite the metadata on disk with ``changes`` applied (zarr writes zarr.json atomically)."""
+        self.refresh()
         meta = dict(self.meta)
         meta.update(changes, updated=now())
         self.group.attrs["samlung"] = meta

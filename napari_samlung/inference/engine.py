@@ -221,7 +221,10 @@ def iter_segment(
         done = read_progress(log_path, "s") if resuming else set()
     else:
         done = set()
-    protect = cm.reviewed_boxes()
+    def protect() -> list[Box]:
+        cm.refresh()
+        return cm.reviewed_boxes()
+
     grid = TileGrid(plan.box, plan.tile, plan.overlap)
     tissue = _tissue(slide) if params.skip_background else None
     kinds = _classify(grid, cm, plan, done, tissue, params.tissue_threshold)
@@ -231,7 +234,7 @@ def iter_segment(
     if params.postprocess:
         raw = cm.group["raw"] if "raw" in cm.group else cm.group.create_array(
             "raw", shape=plan.shape, chunks=cm.chunk, dtype="uint8", fill_value=0)
-        writer = ChunkWriter(cm, plan.box, done=done, protect=[], target=raw,
+        writer = ChunkWriter(cm, plan.box, done=done, target=raw,
                              progress_log=log_path if plan.whole_slide else None, log_prefix="s")
     else:
         writer = ChunkWriter(cm, plan.box, done=done, protect=protect,
@@ -361,7 +364,7 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
     yield Progress("segment", pointer, len(order), writer.take_written())
 
 
-def _postprocess(cm: ClassMap, raw, plan: Plan, params: SegmentationParams, protect: list[Box], log_path: Path):
+def _postprocess(cm: ClassMap, raw, plan: Plan, params: SegmentationParams, protect, log_path: Path):
     """Open/close the raw labels block by block (with enough context) into the class map."""
     pad = halo(params.kernel_size, params.iterations)
     done = read_progress(log_path, "p") if plan.whole_slide else set()

@@ -4,7 +4,8 @@ Blocks arrive from the stitcher as device tensors. ``submit`` starts one asynchr
 host per batch and returns at once; the writer thread waits for the copy, places the blocks into
 chunk buffers and writes each chunk (with its pyramid samples) when its last pixel is in. A
 finished chunk is appended to ``progress.log``, so an interrupted run resumes from there. Pixels
-inside reviewed regions keep what the pathologist put there.
+inside reviewed regions keep what the pathologist put there (``protect`` is asked for the
+reviewed boxes again every few seconds, so a correction applied during a run is kept too).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +24,7 @@ from napari_samlung.inference.classmap import Box, ClassMap, intersect
 from napari_samlung.inference.stitching import Block
 
 ChunkKey = tuple[int, int]
+PROTECT_REFRESH_S = 2.0
 
 
 def read_progress(path: Path, prefix: str) -> set[ChunkKey]:
@@ -43,14 +47,16 @@ class ChunkWriter:
         box: Box,
         *,
         done: set[ChunkKey] = frozenset(),
-        protect: list[Box] = (),
+        protect: Callable[[], list[Box]] | None = None,
         progress_log: Path | None = None,
         log_prefix: str = "s",
         target: "zarr.Array | None" = None,  # noqa: F821 - another array than level 0 (raw labels)
     ):
         self.classmap, self.box = classmap, box
         self.done = set(done)
-        self.protect = list(protect)
+        self._protect = protect
+        self._protect_boxes: list[Box] = []
+        self._protect_read = -1e9
         self.target = target
         self.log_prefix = log_prefix
         self._log = open(progress_log, "a") if progress_log is not None else None
@@ -66,16 +72,15 @@ class ChunkWriter:
     def submit(self, blocks: list[Block]) -> None:
         """Queue finished blocks; the device-to-host copy is started here and awaited in the thread."""
         self._raise_if_failed()
-        tensors = [b.labels.reshape(-1) for b in blocks if b.labels is not None]
+        tensors = [b.labels for b in blocks if b.labels is not None]
         host, event = None, None
-        if tensors:
-            flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-            if flat.device.type == "cuda":
-                host = flat.to("cpu", non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-            else:
-                host = flat
+        if tensors and tensors[0].device.type == "cuda":  # one copy per batch, awaited in the thread
+            flat = torch.cat([t.reshape(-1) for t in tensors])
+            host = flat.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        elif tensors:
+            host = tensors
         self._queue.put(([(b.box, b.labels is not None) for b in blocks], host, event))
 
     def take_written(self) -> list[Box]:
@@ -113,15 +118,21 @@ class ChunkWriter:
             except BaseException as exc:  # reported on the main thread
                 self._error = exc
 
-    def _place_all(self, blocks: list[tuple[Box, bool]], host: torch.Tensor | None, event) -> None:
+    def _place_all(self, blocks: list[tuple[Box, bool]], host, event) -> None:
+        """``host``: one flat tensor of every block (copied from a GPU) or a list of CPU tensors."""
         if event is not None:
             event.synchronize()
-        data = host.numpy() if host is not None else None
+        flat = host.numpy() if isinstance(host, torch.Tensor) else None
+        arrays = iter(host) if isinstance(host, list) else None
         offset = 0
         for box, has_data in blocks:
-            n = box[2] * box[3]
-            labels = data[offset:offset + n].reshape(box[2], box[3]) if has_data else None
-            offset += n if has_data else 0
+            labels = None
+            if has_data and flat is not None:
+                n = box[2] * box[3]
+                labels = flat[offset:offset + n].reshape(box[2], box[3])
+                offset += n
+            elif has_data:
+                labels = next(arrays).numpy()
             self._place(box, labels)
 
     def _place(self, box: Box, labels: np.ndarray | None) -> None:
@@ -146,9 +157,16 @@ class ChunkWriter:
                 del self._buffers[key]
                 self._write_chunk(key, chunk, entry[0])
 
+    def _protected(self) -> list[Box]:
+        """Reviewed boxes, re-read every few seconds: a region applied during a run stays protected."""
+        if self._protect is not None and time.monotonic() - self._protect_read > PROTECT_REFRESH_S:
+            self._protect_boxes = list(self._protect())
+            self._protect_read = time.monotonic()
+        return self._protect_boxes
+
     def _write_chunk(self, key: ChunkKey, chunk: Box, labels: np.ndarray) -> None:
         inside = intersect(chunk, self.box)
-        keep = [b for b in (intersect(chunk, p) for p in self.protect) if b is not None]
+        keep = [b for b in (intersect(chunk, p) for p in self._protected()) if b is not None]
         if inside != chunk or keep:
             old = self._read(chunk)
             merged = old.copy()

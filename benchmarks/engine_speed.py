@@ -1,0 +1,183 @@
+"""Whole-slide engine benchmark: pipeline overhead, memory growth, GPU utilisation. Prints figures.
+
+1. overhead: with a model that does nothing, the engine's megapixels/s over a large generated
+   JPEG slide, divided by the megapixels/s of simply decoding the same level with tifffile's own
+   threaded decoder (target >= 0.8);
+2. memory: peak RSS of segmenting a slide 4x larger in area, divided by the smaller one's, each in
+   a fresh process (target <= 1.2);
+3. --gpu: whole-slide images/s with a real preset divided by the model-only images/s of the same
+   model, batch and dtype, in the same process (target >= 0.9).
+
+Usage: python benchmarks/engine_speed.py [--size 20000] [--tile 1024] [--overlap 128]
+       [--workers N] [--skip-memory] [--gpu --preset vit_b --batch-size 16 --compile] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from napari_samlung.inference.engine import SegmentationParams, segment
+from napari_samlung.inference.predictor import TilePredictor
+from napari_samlung.model import SamLung, SamLungConfig
+from napari_samlung.sample_data import write_demo_slide
+from napari_samlung.slide import open_slide
+
+
+class NullModel(nn.Module):
+    """Returns all-zero logits: the engine does all its work, the model none."""
+
+    def __init__(self, classes: int = 2):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], self.classes, x.shape[2], x.shape[3])
+
+
+def bench_slide(folder: Path, size: int) -> Path:
+    """A size x size JPEG pyramid of synthetic tissue (no glass), made once and kept in ``folder``."""
+    path = folder / f"bench-{size}.svs"
+    if not path.exists():
+        t = time.perf_counter()
+        write_demo_slide(path, (size, size), mpp=0.5, background=False, tumor=False, compression="jpeg")
+        print(f"generated {path} ({size} x {size}) in {time.perf_counter() - t:.0f} s", flush=True)
+    return path
+
+
+def tifffile_decode_mpix_s(path: Path, workers: int) -> float:
+    """Megapixels/s of decoding level 0 with tifffile's threaded segment decoder, nothing kept."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        t = time.perf_counter()
+        for _ in page.segments(maxworkers=workers):
+            pass
+        seconds = time.perf_counter() - t
+        return page.shape[0] * page.shape[1] / seconds / 1e6
+
+
+def engine_run(path: Path, predictor: TilePredictor, params: SegmentationParams, out: Path) -> dict[str, Any]:
+    with open_slide(path) as slide:
+        t = time.perf_counter()
+        result = segment(slide, predictor, out, params, overwrite=True)
+        seconds = time.perf_counter() - t
+        h, w = slide.shape
+    return dict(seconds=seconds, mpix_s=h * w / seconds / 1e6, tiles=result.tiles,
+                images_per_s=result.tiles.get("model", 0) / seconds)
+
+
+def null_predictor(tile: int) -> TilePredictor:
+    config = SamLungConfig.tiny(img_size=tile)
+    return TilePredictor(NullModel(), config, "cpu", info={"model": "null"})
+
+
+def overhead(path: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    decode = max(tifffile_decode_mpix_s(path, args.workers) for _ in range(2))
+    params = SegmentationParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.cpu_batch,
+                                workers=args.workers)
+    run = engine_run(path, null_predictor(args.tile), params, workdir / "null.samlung")
+    return dict(decode_mpix_s=decode, engine_mpix_s=run["mpix_s"], ratio=run["mpix_s"] / decode,
+                engine_seconds=run["seconds"], tiles=run["tiles"])
+
+
+def child_peak_rss(path: Path, args: argparse.Namespace, workdir: Path) -> float:
+    """Peak RSS (MiB) of a fresh process segmenting ``path`` with the null model."""
+    code = (
+        "import resource, sys; from pathlib import Path; sys.path.insert(0, %r);"
+        "import engine_speed as e; from napari_samlung.inference.engine import SegmentationParams;"
+        "e.engine_run(Path(%r), e.null_predictor(%d), SegmentationParams(tile_size=%d, overlap=%d, batch_size=%d,"
+        " workers=%d), Path(%r));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    ) % (str(Path(__file__).parent), str(path), args.tile, args.tile, args.overlap, args.cpu_batch, args.workers,
+         str(workdir / f"rss-{path.stem}.samlung"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Whole-slide images/s over model-only images/s, same model, batch, dtype, in this process."""
+    torch.manual_seed(0)
+    model = SamLung(getattr(SamLungConfig, args.preset)())
+    predictor = TilePredictor(model, model.config, "cuda", compile=args.compile, info={"preset": args.preset})
+    params = SegmentationParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                                workers=args.workers)
+    with open_slide(path) as slide:  # warm-up (compilation, cuDNN autotuning) on a small region
+        segment(slide, predictor, workdir / "warm.samlung", params, region=(0, 0, 3 * args.tile, 3 * args.tile),
+                overwrite=True)
+    run = engine_run(path, predictor, params, workdir / "gpu.samlung")
+    x = torch.randint(0, 256, (args.batch_size, args.tile, args.tile, 3), dtype=torch.uint8, device="cuda")
+    for _ in range(3):
+        predictor(x)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        predictor(x)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    model_only = args.batch_size / sorted(times)[len(times) // 2]
+    return dict(device=torch.cuda.get_device_name(), preset=args.preset, batch=args.batch_size, compile=args.compile,
+                whole_slide_images_per_s=run["images_per_s"], model_only_images_per_s=model_only,
+                ratio=run["images_per_s"] / model_only, seconds=run["seconds"], tiles=run["tiles"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=20000, help="side of the large slide (level-0 pixels)")
+    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--overlap", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decode threads, both sides")
+    parser.add_argument("--cpu-batch", type=int, default=4, help="batch size of the null-model runs")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "samlung-bench")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="also measure GPU utilisation (needs CUDA)")
+    parser.add_argument("--preset", choices=("vit_b", "tiny"), default="vit_b")
+    parser.add_argument("--batch-size", type=int, default=16, help="GPU batch")
+    parser.add_argument("--compile", action="store_true", help="regional torch.compile on the GPU")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = dict(cpu_count=os.cpu_count(), torch=torch.__version__, workers=args.workers,
+                                   tile=args.tile, overlap=args.overlap)
+    large = bench_slide(args.cache_dir, args.size)
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
+        workdir = Path(tmp)
+        if not args.skip_overhead:
+            r = results["overhead"] = overhead(large, args, workdir)
+            print(f"overhead: tifffile decode {r['decode_mpix_s']:.1f} MPix/s, engine (null model) "
+                  f"{r['engine_mpix_s']:.1f} MPix/s, ratio {r['ratio']:.2f} (target >= 0.8)", flush=True)
+        if not args.skip_memory:
+            small = bench_slide(args.cache_dir, args.size // 2)
+            rss_small, rss_large = child_peak_rss(small, args, workdir), child_peak_rss(large, args, workdir)
+            results["memory"] = dict(small_side=args.size // 2, large_side=args.size, small_peak_rss_mib=rss_small,
+                                     large_peak_rss_mib=rss_large, ratio=rss_large / rss_small)
+            print(f"memory: peak RSS {rss_small:.0f} MiB ({args.size // 2}^2) -> {rss_large:.0f} MiB "
+                  f"({args.size}^2, 4x area), ratio {rss_large / rss_small:.2f} (target <= 1.2)", flush=True)
+        if args.gpu:
+            r = results["gpu"] = gpu_utilisation(large, args, workdir)
+            print(f"gpu ({r['device']}, {args.preset}, batch {args.batch_size}, compile={args.compile}): whole slide "
+                  f"{r['whole_slide_images_per_s']:.1f} img/s, model only {r['model_only_images_per_s']:.1f} img/s, "
+                  f"ratio {r['ratio']:.2f} (target >= 0.9)", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""The error of exports that cannot be written."""
+
+from __future__ import annotations
+
+
+class ExportError(ValueError):
+    """An export that cannot be made: the one-line message names the file or folder and why."""
