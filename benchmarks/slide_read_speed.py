@@ -1,0 +1,123 @@
+"""How fast the slide module serves the engine, compared with a plain tifffile decode.
+
+Generates (once, cached in a folder) a JPEG pyramid of SIZE x SIZE pixels, then measures:
+  - a plain threaded tifffile decode of level 0 (``page.asarray(maxworkers=THREADS)``);
+  - decoding the same level through ``Slide.read_region`` in 1024 x 1024 requests overlapping by
+    128 pixels, issued row by row from THREADS threads (as the engine's loaders do);
+  - ``read_scaled`` at scale 2 over the same area (best level + antialiased resize);
+  - opening time of the large file and of a small one (should not grow with size).
+Each figure is the best of --repeat runs (the machine may be shared). Prints; asserts nothing.
+
+    python benchmarks/slide_read_speed.py [--size 16384] [--threads 2] [--repeat 3] [--dir /tmp/samlung-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from skimage import data
+
+from napari_samlung.slide import open_slide
+from napari_samlung.slide.writer import write_pyramidal_tiff
+
+
+class TextureSource:
+    """A lazily generated (size, size, 3) uint8 stained-tissue texture (the bundled IHC image,
+    repeated with flips), so generating a big slide needs no big array."""
+
+    def __init__(self, size: int) -> None:
+        self.shape = (size, size, 3)
+        self.dtype = np.dtype(np.uint8)
+        self._base = data.immunohistochemistry()  # 512 x 512
+
+    def __getitem__(self, key) -> np.ndarray:
+        ys, xs = key[:2]
+        rows = np.arange(*ys.indices(self.shape[0]))
+        cols = np.arange(*xs.indices(self.shape[1]))
+        flip_r = (rows // 512) % 2 == 1
+        flip_c = (cols // 512) % 2 == 1
+        r = np.where(flip_r, 511 - rows % 512, rows % 512)
+        c = np.where(flip_c, 511 - cols % 512, cols % 512)
+        return self._base[np.ix_(r, c)]
+
+
+def make_slide(folder: Path, size: int) -> Path:
+    path = folder / f"slide-read-{size}.tif"
+    if not path.exists():
+        t = time.perf_counter()
+        write_pyramidal_tiff(path, TextureSource(size), mpp=0.25, tile=256, compression="jpeg", quality=90)
+        print(f"generated {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s")
+    return path
+
+
+def best_rate(run, megapixels: float, repeat: int) -> float:
+    """Megapixels per second of the fastest of ``repeat`` calls of ``run``."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return megapixels / min(times)
+
+
+def requests(h: int, w: int, size: int = 1024, overlap: int = 128) -> list[tuple[int, int]]:
+    stride = size - overlap
+    return [(y, x) for y in range(0, h - overlap, stride) for x in range(0, w - overlap, stride)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=16384)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/samlung-bench"))
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    path = make_slide(args.dir, args.size)
+    small = make_slide(args.dir, 1024)
+    mpix = args.size * args.size / 1e6
+
+    with tifffile.TiffFile(path) as tif:
+        plain = best_rate(lambda: tif.pages[0].asarray(maxworkers=args.threads), mpix, args.repeat)
+    print(f"tifffile threaded decode of level 0 ({args.threads} threads): {plain:.1f} MPix/s")
+
+    def sweep() -> None:  # a fresh slide each time: an empty cache
+        with open_slide(path) as slide, ThreadPoolExecutor(args.threads) as pool:
+            boxes = requests(*slide.shape)
+            list(pool.map(lambda yx: slide.read_region(0, *yx, 1024, 1024), boxes))
+            stats.append((len(boxes), slide.cache_stats.decodes))
+
+    stats: list = []
+    ours = best_rate(sweep, mpix, args.repeat)
+    tiles = (-(-args.size // 256)) ** 2
+    print(f"read_region, 1024 px requests, 128 px overlap, {args.threads} threads: {ours:.1f} MPix/s "
+          f"of level 0 ({stats[-1][0]} requests, {stats[-1][1]} tile decodes for {tiles} tiles)")
+    print(f"ratio read_region / tifffile: {ours / plain:.2f}")
+
+    scale = 2.0
+    step = int(1024 * scale)
+    starts = range(0, args.size - step + 1, step)
+    boxes = [(y, x) for y in starts for x in starts]
+
+    def scaled() -> None:
+        with open_slide(path) as slide, ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(lambda yx: slide.read_scaled(*yx, 1024, 1024, scale), boxes))
+
+    rate = best_rate(scaled, len(boxes) * step * step / 1e6, args.repeat)
+    print(f"read_scaled at scale {scale} (reads level 1, 1024 px outputs): {rate:.1f} level-0 MPix/s")
+
+    for p in (small, path):
+        with open_slide(p) as slide:
+            shape = slide.shape
+        rate = best_rate(lambda: open_slide(p).close(), 1.0, 20)
+        print(f"open_slide {p.name} ({shape[1]} x {shape[0]}): {1000 / rate:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Writing tiled pyramidal TIFFs (generic, OME or Aperio-SVS flavoured) from any array-like.
+
+The source is read tile by tile, so it can be a huge zarr array or any object with ``shape``,
+``dtype`` and slicing. Each reduced level is computed from the one above it (RGB: area average;
+labels: nearest neighbour) and held in a temporary chunked zarr store beside the output while
+the file is written, so memory stays at a few tiles whatever the image size. The file appears
+under its name only when complete (temporary name, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .color import rgb_to_ycbcr
+
+COMPRESSIONS = {"jpeg": "jpeg", "jpeg2000": "jpeg2000", "zlib": "zlib", "lzw": "lzw", "zstd": "zstd",
+                "none": None}
+LOSSLESS = {"zlib", "lzw", "zstd", "none"}
+FLAVORS = ("tiff", "ome", "svs")
+DEFAULT_QUALITY = {"jpeg": 90, "jpeg2000": 45}  # JPEG quality; JPEG 2000 target PSNR in dB
+ASSOCIATED = ("thumbnail", "label", "macro")
+THUMBNAIL_SIZE = 1024
+_APERIO = "Aperio Image Library v12.0.15 (napari-samlung)"
+_BIGTIFF_BYTES = 2**31
+
+Progress = Callable[[int, int], None]  # (tiles written, tiles in all levels)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How to write the file (validated arguments of :func:`write_pyramidal_tiff`)."""
+
+    name: str
+    mpp: float | None
+    tile: int
+    compression: str
+    quality: int | None
+    factor: int
+    kind: str
+    flavor: str
+    magnification: float | None
+    description: str | None
+
+
+def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | None = None, tile: int = 256,
+                         compression: str | None = "jpeg", quality: int | None = None,
+                         levels: int | None = None, factor: int = 2, kind: str = "rgb",
+                         flavor: str = "tiff", associated: dict[str, np.ndarray] | None = None,
+                         magnification: float | None = None, progress: Progress | None = None,
+                         description: str | None = None) -> Path:
+    """Write ``source`` as a tiled pyramidal TIFF at ``path``; returns the path.
+
+    source: (H, W, 3) uint8 for ``kind='rgb'``, (H, W) uint8/uint16 for ``kind='labels'``.
+    mpp: microns per pixel of level 0 (resolution tags; the SVS description; OME PhysicalSize).
+    tile: tile side (a multiple of 16). compression: 'jpeg', 'jpeg2000', 'zlib', 'lzw', 'zstd'
+    or 'none' (labels need a lossless one). quality: JPEG quality or JPEG 2000 PSNR (dB).
+    levels: number of levels including level 0 (default: until the smallest fits in one tile).
+    factor: downsample between levels. flavor: 'tiff' (reduced levels as following pages),
+    'ome' (OME-XML, levels as SubIFDs) or 'svs' (Aperio layout: level 0, thumbnail, levels,
+    then label and macro; JPEG 2000 tiles as Aperio's YCbCr 33003). associated: small RGB images
+    'thumbnail', 'label', 'macro' for the SVS flavour (a thumbnail is made when not given).
+    magnification: the objective, for the SVS description. progress: called with (tiles
+    written, total). description: ASCII text for level 0 (the ImageDescription; in OME the
+    image's Description); not for 'svs', whose description is Aperio's.
+    """
+    path = Path(path)
+    compression = "none" if compression is None else str(compression).lower()
+    _validate(path, source, mpp, tile, compression, levels, factor, kind, flavor, associated, description)
+    settings = _Settings(path.stem, mpp, tile, compression,
+                         DEFAULT_QUALITY.get(compression) if quality is None else quality,
+                         factor, kind, flavor, magnification, description)
+    shapes = _level_shapes(tuple(source.shape[:2]), tile, factor, levels)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".levels", dir=path.parent))
+    try:
+        pyramid = _build_pyramid(source, shapes, settings, workdir)
+        associated = dict(associated or {})
+        if flavor == "svs":
+            associated.setdefault("thumbnail", _thumbnail(pyramid[-1], tile))
+        partial = workdir / "partial.tif"
+        _write(partial, pyramid, settings, associated, progress)
+        os.replace(partial, path)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return path
+
+
+def _validate(path, source, mpp, tile, compression, levels, factor, kind, flavor, associated,
+              description) -> None:
+    if not path.parent.is_dir():
+        raise ValueError(f"{path}: the folder {path.parent} does not exist")
+    shape, dtype = tuple(getattr(source, "shape", ())), np.dtype(getattr(source, "dtype", "O"))
+    if kind == "rgb":
+        if len(shape) != 3 or shape[2] != 3 or dtype != np.uint8:
+            raise ValueError(f"an RGB source must be (H, W, 3) uint8, got shape {shape} {dtype}")
+    elif kind == "labels":
+        if len(shape) != 2 or dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"a label source must be (H, W) uint8 or uint16, got shape {shape} {dtype}")
+        if compression not in LOSSLESS:
+            raise ValueError(f"labels need lossless compression ({', '.join(sorted(LOSSLESS))}), "
+                             f"got {compression!r}")
+    else:
+        raise ValueError(f"kind must be 'rgb' or 'labels', got {kind!r}")
+    if min(shape[:2]) < 1:
+        raise ValueError(f"the source is empty: shape {shape}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    if flavor not in FLAVORS:
+        raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
+    if flavor == "svs" and kind != "rgb":
+        raise ValueError("the 'svs' flavor holds RGB slides only")
+    if flavor == "svs" and description is not None:
+        raise ValueError("the 'svs' flavor writes Aperio's own description; "
+                         "description is for 'tiff' and 'ome'")
+    if tile < 16 or tile % 16:
+        raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
+    if factor < 2 or tile % factor:
+        raise ValueError(f"factor must be >= 2 and divide the tile size {tile}, got {factor}")
+    if levels is not None and levels < 1:
+        raise ValueError(f"levels must be at least 1, got {levels}")
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"mpp must be a positive number, got {mpp}")
+    for name, image in (associated or {}).items():
+        if flavor != "svs" or name not in ASSOCIATED:
+            raise ValueError(f"associated images are {', '.join(ASSOCIATED)} of the 'svs' flavor, "
+                             f"got {name!r}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"associated image {name!r} must be (h, w, 3) uint8, "
+                             f"got {image.shape} {image.dtype}")
+
+
+def _level_shapes(shape: tuple[int, int], tile: int, factor: int,
+                  levels: int | None) -> list[tuple[int, int]]:
+    """Level 0's shape, then each divided by ``factor`` (rounded up) until ``levels`` are listed
+    or, by default, until the last fits in one tile."""
+    shapes = [shape]
+    while shapes[-1] != (1, 1) and (len(shapes) < levels if levels else max(shapes[-1]) > tile):
+        h, w = shapes[-1]
+        shapes.append((-(-h // factor), -(-w // factor)))
+    return shapes
+
+
+def _build_pyramid(source, shapes: list[tuple[int, int]], settings: _Settings, workdir: Path) -> list:
+    """Level 0 (the source) and the reduced levels, each computed from the one above it."""
+    import zarr
+
+    samples = tuple(source.shape[2:])
+    pyramid = [source]
+    for k, shape in enumerate(shapes[1:], start=1):
+        level = zarr.create_array(store=str(workdir / f"level{k}.zarr"), shape=shape + samples,
+                                  dtype=source.dtype, chunks=(settings.tile, settings.tile) + samples)
+        _reduce_into(pyramid[-1], level, settings.factor, settings.kind, settings.tile)
+        pyramid.append(level)
+    return pyramid
+
+
+def _reduce_into(src, dst, factor: int, kind: str, tile: int) -> None:
+    """Fill ``dst`` (shape ceil(src / factor)) tile by tile from ``src``."""
+    h, w = dst.shape[:2]
+    step = tile * factor
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            block = np.asarray(src[y * factor: y * factor + step, x * factor: x * factor + step])
+            reduced = _reduce(block, factor, kind)
+            dst[y: y + reduced.shape[0], x: x + reduced.shape[1]] = reduced
+
+
+def _reduce(block: np.ndarray, factor: int, kind: str) -> np.ndarray:
+    """Downsample by ``factor``: RGB by area average (halves rounded up), labels by the pixel
+    nearest each output pixel's centre. Partial blocks at the edges repeat their last row/column."""
+    h, w = block.shape[:2]
+    ph, pw = -(-h // factor) * factor, -(-w // factor) * factor
+    if (ph, pw) != (h, w):
+        block = np.pad(block, ((0, ph - h), (0, pw - w)) + ((0, 0),) * (block.ndim - 2), mode="edge")
+    if kind == "labels":
+        offset = (factor - 1) // 2
+        return np.ascontiguousarray(block[offset::factor, offset::factor])
+    blocks = block.reshape(ph // factor, factor, pw // factor, factor, *block.shape[2:])
+    total = blocks.sum(axis=(1, 3), dtype=np.uint32)
+    n = factor * factor
+    return ((total + n // 2) // n).astype(block.dtype)
+
+
+def _thumbnail(smallest, tile: int) -> np.ndarray:
+    """An RGB overview of at most THUMBNAIL_SIZE pixels a side from the smallest level."""
+    h, w = smallest.shape[:2]
+    factor = max(1, math.ceil(max(h, w) / THUMBNAIL_SIZE))
+    if factor == 1:
+        return np.asarray(smallest[:, :])
+    out = np.empty((-(-h // factor), -(-w // factor), 3), np.uint8)
+    _reduce_into(smallest, out, factor, "rgb", tile)
+    return out
+
+
+def _tiles(level, tile: int) -> Iterator[np.ndarray]:
+    """Full tiles of a level in row-major order; edge tiles repeat their last row/column (no dark
+    borders bleeding into lossy compression)."""
+    h, w = level.shape[:2]
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            block = np.asarray(level[y: y + tile, x: x + tile])
+            if block.shape[:2] != (tile, tile):
+                pad = ((0, tile - block.shape[0]), (0, tile - block.shape[1])) + ((0, 0),) * (block.ndim - 2)
+                block = np.pad(block, pad, mode="edge")
+            yield block
+
+
+def _aperio_j2k_tiles(level, tile: int, quality: int) -> Iterator[bytes]:
+    """Aperio 33003 tiles: YCbCr components in a raw JPEG 2000 codestream, no colour transform."""
+    import imagecodecs
+
+    def encode(block: np.ndarray) -> bytes:
+        return imagecodecs.jpeg2k_encode(rgb_to_ycbcr(block), level=quality, codecformat="J2K", mct=False)
+
+    workers = os.cpu_count() or 1
+    tiles = _tiles(level, tile)
+    with ThreadPoolExecutor(workers) as pool:
+        while batch := list(itertools.islice(tiles, 4 * workers)):  # bounded memory, in order
+            yield from pool.map(encode, batch)
+
+
+def _tile_count(shape, tile: int) -> int:
+    return -(-shape[0] // tile) * -(-shape[1] // tile)
+
+
+def _write(path: Path, pyramid: list, settings: _Settings, associated: dict[str, np.ndarray],
+           progress: Progress | None) -> None:
+    import tifffile
+
+    raw = sum(math.prod(level.shape) * np.dtype(level.dtype).itemsize for level in pyramid)
+    total = sum(_tile_count(level.shape, settings.tile) for level in pyramid)
+    done = 0
+    with tifffile.TiffWriter(path, bigtiff=raw > _BIGTIFF_BYTES, ome=settings.flavor == "ome") as tw:
+        for index, level in enumerate(pyramid):
+            data, options = _level_data(index, pyramid, settings)
+            tw.write(_counted(data, progress, done, total), shape=level.shape, dtype=level.dtype, **options)
+            done += _tile_count(level.shape, settings.tile)
+            if settings.flavor == "svs" and index == 0:
+                _write_associated(tw, "thumbnail", associated["thumbnail"], pyramid[0].shape, settings.mpp)
+        for name in ("label", "macro"):
+            if name in associated:
+                _write_associated(tw, name, associated[name], pyramid[0].shape, settings.mpp)
+
+
+def _level_data(index: int, pyramid: list, s: _Settings) -> tuple[Iterator, dict]:
+    """The tiles of level ``index`` and tifffile's write options for it."""
+    level = pyramid[index]
+    options = dict(tile=(s.tile, s.tile), photometric="rgb" if s.kind == "rgb" else "minisblack",
+                   software="napari-samlung", metadata=None)
+    if s.mpp:
+        options.update(resolution=(1e4 / (s.mpp * s.factor ** index),) * 2, resolutionunit="CENTIMETER")
+    if s.compression == "jpeg2000" and s.flavor == "svs":
+        data = _aperio_j2k_tiles(level, s.tile, s.quality)
+        options.update(compression=33003)
+    else:
+        data = _tiles(level, s.tile)
+        if COMPRESSIONS[s.compression]:
+            options.update(compression=COMPRESSIONS[s.compression])
+            if s.quality is not None:
+                options.update(compressionargs={"level": s.quality})
+    if s.flavor == "svs":
+        options.update(description=_aperio_description(pyramid[0].shape, level.shape, s))
+    elif index:
+        options.update(subfiletype=1)  # a reduced-resolution copy
+    elif s.flavor == "ome":
+        ome = {"axes": "YXS" if s.kind == "rgb" else "YX", "Name": s.name}
+        if s.description:
+            ome["Description"] = s.description
+        if s.mpp:
+            ome.update(PhysicalSizeX=s.mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=s.mpp,
+                       PhysicalSizeYUnit="µm")
+        options.update(subifds=len(pyramid) - 1, metadata=ome)
+    elif s.description:
+        options.update(description=s.description)
+    return data, options
+
+
+def _counted(items: Iterator, progress: Progress | None, done: int, total: int) -> Iterator:
+    """``items``, reporting each as it is handed to the writer."""
+    for i, item in enumerate(items, start=done + 1):
+        if progress is not None:
+            progress(i, total)
+        yield item
+
+
+def _aperio_description(shape0, shape, s: _Settings) -> str:
+    h0, w0 = shape0[:2]
+    h, w = shape[:2]
+    codec = "J2K/YUV16" if s.compression == "jpeg2000" else f"{s.compression.upper()}/RGB"
+    first = f"{_APERIO}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({s.tile}x{s.tile})"
+    if (h, w) != (h0, w0):
+        first += f" -> {w}x{h}"
+    first += f" {codec} Q={s.quality or 100}"
+    fields = []
+    if s.magnification:
+        fields.append(f"AppMag = {s.magnification:g}")
+    if s.mpp:
+        fields.append(f"MPP = {s.mpp:.4f}")
+    return "|".join([first, *fields])
+
+
+def _write_associated(tw, name: str, image: np.ndarray, shape0, mpp: float | None) -> None:
+    """An SVS associated image: untiled; label LZW (subfile type 1), macro JPEG (type 9)."""
+    h0, w0 = shape0[:2]
+    h, w = image.shape[:2]
+    if name == "thumbnail":
+        description = f"{_APERIO}\r\n{w0}x{h0} -> {w}x{h} - " + (f"|MPP = {mpp:.4f}" if mpp else "")
+        options = dict(compression="jpeg", subfiletype=0)
+    elif name == "label":
+        description = f"{_APERIO}\r\nlabel {w}x{h}"
+        options = dict(compression="lzw", subfiletype=1)
+    else:
+        description = f"{_APERIO}\r\nmacro {w}x{h}"
+        options = dict(compression="jpeg", subfiletype=9)
+    tw.write(np.ascontiguousarray(image), photometric="rgb", description=description, metadata=None,
+             software="napari-samlung", rowsperstrip=16, **options)
