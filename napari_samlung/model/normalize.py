@@ -1,0 +1,34 @@
+"""Turn uint8 RGB tiles into the normalized float batch SAM-Lung expects (one place for it)."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import SamLungConfig
+
+
+def normalize(images: torch.Tensor, config: SamLungConfig) -> torch.Tensor:
+    """Normalize a uint8 RGB batch, (B, H, W, 3) or (B, 3, H, W), to float32 (B, 3, H, W).
+
+    Computes ``(images / 255 - mean) / std`` with the config's H&E statistics, on the images'
+    device. A channels-last input comes back as a channels-last strided (B, 3, H, W) view, which
+    the patch-embedding convolution reads without a copy.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"normalize: images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize: images must be uint8 RGB (0..255), got dtype {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"normalize: images must be 4-D (B, H, W, 3) or (B, 3, H, W), got shape "
+                         f"{tuple(images.shape)}")
+    channels_first, channels_last = images.shape[1] == 3, images.shape[-1] == 3
+    if channels_first == channels_last:
+        raise ValueError(f"normalize: cannot tell where the 3 RGB channels are in shape "
+                         f"{tuple(images.shape)}")
+    if channels_last:
+        images = images.permute(0, 3, 1, 2)
+    std = torch.tensor(config.pixel_std, dtype=torch.float32, device=images.device)
+    mean = torch.tensor(config.pixel_mean, dtype=torch.float32, device=images.device)
+    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+    shift = (-mean / std).view(1, 3, 1, 1)
+    return torch.addcmul(shift, images.float(), scale)
