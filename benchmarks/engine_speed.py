@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import model_speed
 from napari_samlung.inference.engine import SegmentationParams, segment
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.model import SamLung, SamLungConfig
@@ -36,14 +37,15 @@ from napari_samlung.slide import open_slide
 
 
 class NullModel(nn.Module):
-    """Returns all-zero logits: the engine does all its work, the model none."""
+    """Returns all-zero logits without computing or allocating them: the engine does all its work
+    (normalization, stitching, writing), the model none."""
 
     def __init__(self, classes: int = 2):
         super().__init__()
         self.classes = classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(x.shape[0], self.classes, x.shape[2], x.shape[3])
+        return x.new_zeros(()).expand(x.shape[0], self.classes, x.shape[2], x.shape[3])
 
 
 def bench_slide(folder: Path, size: int) -> Path:
@@ -108,30 +110,22 @@ def child_peak_rss(path: Path, args: argparse.Namespace, workdir: Path) -> float
 
 
 def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Whole-slide images/s over model-only images/s, same model, batch, dtype, in this process."""
+    """Whole-slide images/s over model-only images/s (timed as model_speed.py times), same model, batch,
+    dtype and compiled code, in this process. The model-only figure includes normalization."""
     torch.manual_seed(0)
     model = SamLung(getattr(SamLungConfig, args.preset)())
-    predictor = TilePredictor(model, model.config, "cuda", compile=args.compile, info={"preset": args.preset})
+    device = getattr(args, "device", "cuda")
+    predictor = TilePredictor(model, model.config, device, compile=args.compile, info={"preset": args.preset})
     params = SegmentationParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch_size,
                                 workers=args.workers)
     with open_slide(path) as slide:  # warm-up (compilation, cuDNN autotuning) on a small region
         segment(slide, predictor, workdir / "warm.samlung", params, region=(0, 0, 3 * args.tile, 3 * args.tile),
                 overwrite=True)
     run = engine_run(path, predictor, params, workdir / "gpu.samlung")
-    x = torch.randint(0, 256, (args.batch_size, args.tile, args.tile, 3), dtype=torch.uint8, device="cuda")
-    for _ in range(3):
-        predictor(x)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        predictor(x)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    model_only = args.batch_size / sorted(times)[len(times) // 2]
-    return dict(device=torch.cuda.get_device_name(), preset=args.preset, batch=args.batch_size, compile=args.compile,
+    x = torch.randint(0, 256, (args.batch_size, args.tile, args.tile, 3), dtype=torch.uint8, device=device)
+    model_only = args.batch_size / model_speed.median_seconds(lambda: predictor(x), torch.device(device), 10, 3)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return dict(device=name, preset=args.preset, batch=args.batch_size, compile=args.compile,
                 whole_slide_images_per_s=run["images_per_s"], model_only_images_per_s=model_only,
                 ratio=run["images_per_s"] / model_only, seconds=run["seconds"], tiles=run["tiles"])
 

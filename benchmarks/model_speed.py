@@ -48,7 +48,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(fn: Callable[[], None], device: torch.device, iters: int, warmup: int) -> float:
+def median_seconds(fn: Callable[[], None], device: torch.device, iters: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -160,7 +160,7 @@ def time_config(preset: str = "tiny", device: str = "cpu", mode: str = "infer", 
     t0 = time.perf_counter()
     try:
         with _PeakRss() as rss:
-            seconds = _median_seconds(step, dev, iters, warmup)
+            seconds = median_seconds(step, dev, iters, warmup)
     except torch.cuda.OutOfMemoryError as exc:
         result["error"] = f"out of memory: {str(exc).splitlines()[0]}"
     else:

@@ -65,26 +65,36 @@ def demo_slide(tmp_path_factory) -> tuple[Path, SyntheticSlide]:
     return path, write_demo_slide(path, (1024, 1024), mpp=0.5)
 
 
+@pytest.mark.parametrize("classes", [2, 3])
 @pytest.mark.parametrize("box,tile,overlap", [((5, 7, 100, 130), 32, 8), ((0, 0, 64, 64), 64, 0),
                                               ((3, 0, 70, 33), 32, 15), ((0, 0, 20, 20), 32, 4)])
-def test_stitcher_gives_the_weighted_average_of_overlapping_tiles(box, tile, overlap):
+def test_stitcher_gives_the_weighted_average_of_overlapping_tiles(box, tile, overlap, classes):
     grid = TileGrid(box, tile, overlap)
     y0, x0, h, w = box
-    canvas, weight_sum = np.zeros((3, 200, 200)), np.zeros((200, 200))
+    canvas, weight_sum = np.zeros((classes, 200, 200)), np.zeros((200, 200))
     logits = {}
+    background = {(r, c) for r, c in grid.tiles() if (r + 2 * c) % 3 == 1}  # no tissue: certainly class 0
     for r, c in grid.tiles():
-        logits[r, c] = torch.randn(3, tile, tile, generator=torch.Generator().manual_seed(r * 31 + c))
+        logits[r, c] = torch.randn(classes, tile, tile, generator=torch.Generator().manual_seed(r * 31 + c))
+        probs = torch.softmax(logits[r, c], 0).numpy()
+        if (r, c) in background:
+            probs = np.zeros_like(probs)
+            probs[0] = 1
         y, x, _, _ = grid.tile_box(r, c)
-        canvas[:, y:y + tile, x:x + tile] += torch.softmax(logits[r, c], 0).numpy() * grid.weights(r, c)
+        canvas[:, y:y + tile, x:x + tile] += probs * grid.weights(r, c)
         weight_sum[y:y + tile, x:x + tile] += grid.weights(r, c)
     np.testing.assert_allclose(weight_sum[y0:y0 + h, x0:x0 + w], 1.0, atol=1e-6)
     out = np.full((200, 200), 99)
-    stitcher = Stitcher(grid, "cpu")
+    stitcher = Stitcher(grid, classes - 1, "cpu")
     for r, c in grid.tiles():
-        for block in stitcher.add(r, c, TileKind.MODEL, logits[r, c]):
+        if (r, c) in background:
+            blocks = stitcher.add(r, c, TileKind.BACKGROUND)
+        else:
+            blocks = stitcher.add(r, c, TileKind.MODEL, stitcher.scores(logits[r, c][None])[0])
+        for block in blocks:
             y, x, bh, bw = block.box
             assert (out[y:y + bh, x:x + bw] == 99).all(), "a pixel was finished twice"
-            out[y:y + bh, x:x + bw] = block.labels.numpy()
+            out[y:y + bh, x:x + bw] = 0 if block.labels is None else block.labels.numpy()
     assert stitcher.open_cells == 0
     assert (out[y0:y0 + h, x0:x0 + w] == canvas.argmax(0)[y0:y0 + h, x0:x0 + w]).all()
     assert (out == 99).sum() == out.size - h * w, "pixels outside the box were written"

@@ -320,7 +320,7 @@ def _classify(grid: TileGrid, cm: ClassMap, plan: Plan, done: set, tissue, thres
 def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, plan: Plan,
                params: SegmentationParams, writer: ChunkWriter, cancel: threading.Event | None):
     """The main loop: batches of model tiles, with the tiles between them, into the stitcher."""
-    stitcher = Stitcher(grid, predictor.device)
+    stitcher = Stitcher(grid, predictor.num_classes, predictor.device)
     order = list(grid.tiles())
     model_tiles = [(i, rc) for i, rc in enumerate(order) if kinds[rc] is TileKind.MODEL]
     s, tile = plan.scale, plan.tile
@@ -335,20 +335,20 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
                         pin_memory=cuda)
     pointer = 0
 
-    def advance(until: int, logits: torch.Tensor | None, batch: dict) -> list[Block]:
+    def advance(until: int, scores: torch.Tensor | None, batch: dict) -> list[Block]:
         nonlocal pointer
         blocks: list[Block] = []
         while pointer <= until:
             rc = order[pointer]
             kind = kinds[rc]
-            blocks += stitcher.add(*rc, kind, logits[batch[pointer]] if kind is TileKind.MODEL else None)
+            blocks += stitcher.add(*rc, kind, scores[batch[pointer]] if kind is TileKind.MODEL else None)
             pointer += 1
         return blocks
 
     for items, tiles in loader:
         if cancel is not None and cancel.is_set():
             raise _Cancelled
-        logits = predictor(tiles)
+        scores = stitcher.scores(predictor(tiles))
         if cuda:
             event = torch.cuda.Event()
             event.record()
@@ -356,7 +356,7 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
         else:
             loader.release(None)
         batch = {i: j for j, (i, _) in enumerate(items)}
-        writer.submit(advance(items[-1][0], logits, batch))
+        writer.submit(advance(items[-1][0], scores, batch))
         yield Progress("segment", pointer, len(order), writer.take_written())
     if cancel is not None and cancel.is_set():
         raise _Cancelled

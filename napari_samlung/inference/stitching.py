@@ -45,21 +45,15 @@ def argmax_channels(x: torch.Tensor) -> torch.Tensor:
     A loop of elementwise comparisons: much faster than a strided reduction over the channel
     dimension of a slice, on the CPU and the GPU alike.
     """
-    if x.shape[0] == 2:
-        return (x[1] > x[0]).to(torch.uint8)
     best, index = x[0], torch.zeros(x.shape[1:], dtype=torch.uint8, device=x.device)
     for c in range(1, x.shape[0]):
-        better = x[c] > best
-        index.masked_fill_(better, c)
+        index.masked_fill_(x[c] > best, c)
         best = torch.maximum(best, x[c])
     return index
 
 
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 0 of (C, h, w) logits, in float32; for two classes only P(class 1), (1, h, w)."""
-    logits = logits.float()
-    if logits.shape[0] == 2:
-        return torch.sigmoid(logits[1] - logits[0])[None]
+def softmax_channels(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 0 of (C, h, w) logits, by elementwise operations."""
     top = logits[0]
     for c in range(1, logits.shape[0]):
         top = torch.maximum(top, logits[c])
@@ -68,14 +62,17 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 class Stitcher:
-    """Turn per-tile logits into final label blocks.
+    """Turn per-tile model output into final label blocks.
 
-    Shared cells accumulate ``weight * probability``: of every class, or for a binary model only
-    of class 1 (class 0 is one minus it, and the weights sum to one).
+    For a binary model a tile is represented by one score plane, ``logit(tumor) - logit(background)``:
+    its sign decides single-tile cells, and shared cells accumulate ``weight * sigmoid(score)``
+    (the blended tumor probability; class 0 is one minus it since the weights sum to one). For more
+    classes, shared cells accumulate ``weight * softmax(logits)`` over all classes.
     """
 
-    def __init__(self, grid: TileGrid, device: torch.device | str):
+    def __init__(self, grid: TileGrid, num_classes: int, device: torch.device | str):
         self.grid = grid
+        self.binary = num_classes == 1
         self.device = torch.device(device)
         self._wy = [torch.from_numpy(grid.rows.weights(i)).to(self.device) for i in range(grid.rows.count)]
         self._wx = [torch.from_numpy(grid.cols.weights(i)).to(self.device) for i in range(grid.cols.count)]
@@ -85,8 +82,14 @@ class Stitcher:
     def open_cells(self) -> int:
         return len(self._open)
 
-    def add(self, r: int, c: int, kind: TileKind, logits: torch.Tensor | None = None) -> list[Block]:
-        """Add tile (r, c); ``logits`` (C, tile, tile) when ``kind`` is MODEL. Returns finished blocks."""
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """What :meth:`add` takes per tile, for a (B, C, T, T) batch of logits, in one pass."""
+        if self.binary:
+            return logits[:, 1].float() - logits[:, 0].float()
+        return logits.float()
+
+    def add(self, r: int, c: int, kind: TileKind, scores: torch.Tensor | None = None) -> list[Block]:
+        """Add tile (r, c); ``scores`` (from :meth:`scores`) when ``kind`` is MODEL. Returns finished blocks."""
         ty, tx, _, _ = self.grid.tile_box(r, c)
         out: list[Block] = []
         for cell in self.grid.cells_of(r, c):
@@ -94,7 +97,8 @@ class Stitcher:
             ys, xs = slice(y - ty, y - ty + h), slice(x - tx, x - tx + w)
             if len(cell.tiles) == 1:
                 if kind is TileKind.MODEL:
-                    out.append(Block(cell.box, argmax_channels(logits[:, ys, xs])))
+                    part = scores[..., ys, xs]
+                    out.append(Block(cell.box, (part > 0).view(torch.uint8) if self.binary else argmax_channels(part)))
                 elif kind is TileKind.BACKGROUND:
                     out.append(Block(cell.box, None))
                 continue
@@ -104,9 +108,10 @@ class Stitcher:
             else:
                 weight = self._wy[r][ys, None] * self._wx[c][None, xs]
                 if kind is TileKind.MODEL:
-                    contribution = probabilities(logits[:, ys, xs]).mul_(weight)
+                    part = scores[..., ys, xs]
+                    contribution = (torch.sigmoid(part) if self.binary else softmax_channels(part)).mul_(weight)
                     state.acc = contribution if state.acc is None else state.acc.add_(contribution)
-                else:
+                elif not self.binary:  # background adds nothing to P(tumor); else owed to class 0
                     state.background = weight if state.background is None else state.background + weight
             state.remaining -= 1
             if state.remaining == 0:
@@ -116,14 +121,13 @@ class Stitcher:
                     out.append(block)
         return out
 
-    @staticmethod
-    def _finish(cell: Cell, state: _Open) -> Block | None:
+    def _finish(self, cell: Cell, state: _Open) -> Block | None:
         if state.done:  # its pixels are on disk already
             return None
         if state.acc is None:
             return Block(cell.box, None)
-        if state.acc.shape[0] == 1:  # binary: P(tumor) summed over tiles; background tiles add 0
-            return Block(cell.box, (state.acc[0] > 0.5).to(torch.uint8))
+        if self.binary:
+            return Block(cell.box, (state.acc > 0.5).view(torch.uint8))
         if state.background is not None:
             state.acc[0].add_(state.background)
         return Block(cell.box, argmax_channels(state.acc))

@@ -1,0 +1,172 @@
+"""One GPU session's checks and timings, next to the peer anchors, in a single run.
+
+Runs, in order of importance, each stage guarded by the time left (results are written to
+``$OUT/gpu_suite.json`` after every stage, so a run cut short still reports what it measured):
+
+1. correctness on the device: vit_b logits at 1024 px (fast attention, float32 and bf16) against the
+   CPU float32 reference; the engine's class map on CUDA against the CPU's (tiny model);
+2. the peer anchors in this run: ``gpu_anchor.py --eager-only`` (official SAM encoder) and
+   ``gpu_train.py --eager-only`` (SAM-Lung-shaped training step);
+3. SamLung vit_b inference, bf16, eager (fast and reference attention) and compiled;
+4. training step vit_b, bf16, batch 8: eager and compiled, with block checkpointing;
+5. the whole-slide engine on a generated 20,000 x 20,000 JPEG slide against the model alone.
+
+Usage (on the GPU machine): python benchmarks/gpu_suite.py --anchors DIR --budget 540
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+
+import engine_speed  # noqa: E402
+import model_speed  # noqa: E402
+
+OUT = Path(os.environ.get("OUT", "/tmp/gpu-suite"))
+RESULTS: dict = {"stages": {}}
+
+
+def save() -> None:
+    (OUT / "gpu_suite.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
+def stage(name: str, needs_s: float, deadline: float, fn) -> None:
+    left = deadline - time.monotonic()
+    if left < needs_s:
+        print(f"[skip] {name}: {left:.0f} s left, needs ~{needs_s:.0f} s", flush=True)
+        RESULTS["stages"][name] = {"skipped": f"{left:.0f} s left"}
+        save()
+        return
+    t = time.monotonic()
+    print(f"[stage] {name} ({left:.0f} s left)", flush=True)
+    try:
+        RESULTS["stages"][name] = {"result": fn(), "seconds": round(time.monotonic() - t, 1)}
+    except Exception as exc:  # keep going: a later stage may still work
+        traceback.print_exc()
+        RESULTS["stages"][name] = {"error": repr(exc)[:500], "seconds": round(time.monotonic() - t, 1)}
+    print(f"[done] {name} in {time.monotonic() - t:.0f} s: {json.dumps(RESULTS['stages'][name], default=str)[:600]}",
+          flush=True)
+    save()
+
+
+def run_anchor(anchors: Path, script: str, timeout: float, quick: bool) -> dict:
+    flags = ["--eager-only"] + (["--quick"] if quick else [])
+    done = subprocess.run([sys.executable, str(anchors / script), *flags], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OUT": str(OUT)})
+    (OUT / f"{Path(script).stem}.log").write_text(done.stdout + done.stderr)
+    rows = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    return {"returncode": done.returncode, "rows": rows}
+
+
+def engine_check(device: str) -> dict:
+    """The engine's class map on ``device`` (bf16 on CUDA) against the CPU's (float32), tiny model."""
+    import tempfile
+
+    import numpy as np
+
+    from napari_samlung.inference.engine import SegmentationParams, segment
+    from napari_samlung.inference.predictor import TilePredictor
+    from napari_samlung.model import SamLung, SamLungConfig
+    from napari_samlung.sample_data import write_demo_slide
+    from napari_samlung.slide import open_slide
+
+    work = Path(tempfile.mkdtemp())
+    write_demo_slide(work / "demo.svs", (1536, 1536))
+    maps = {}
+    for name in ("cpu", device):
+        torch.manual_seed(0)
+        model = SamLung(SamLungConfig.tiny())
+        with torch.no_grad():  # a head that predicts both classes, so agreement means something
+            model.head.classifier.bias.copy_(torch.tensor([0.0, 0.0]))
+        with open_slide(work / "demo.svs") as slide:
+            result = segment(slide, TilePredictor(model, model.config, name), work / f"{name}-{len(maps)}.samlung",
+                             SegmentationParams(batch_size=8))
+        maps[len(maps)] = result.classmap.read((0, 0, 1536, 1536))
+    agree = float((maps[0] == maps[1]).mean())
+    return {"agreement": agree, "tumor_fraction_cpu": float(maps[0].mean()), "ok": agree > 0.99}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--anchors", type=Path, required=True, help="folder with gpu_anchor.py and gpu_train.py")
+    parser.add_argument("--budget", type=float, default=540, help="seconds this run may take")
+    parser.add_argument("--slide-size", type=int, default=20000)
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, small sizes: checks the script")
+    args = parser.parse_args()
+    dev, preset, img = ("cpu", "tiny", 256) if args.dry_run else ("cuda", "vit_b", 1024)
+    if args.dry_run:
+        args.slide_size = 2048
+    start = time.monotonic()
+    deadline = start + args.budget
+    OUT.mkdir(parents=True, exist_ok=True)
+    RESULTS["environment"] = model_speed.environment(dev)
+    print(RESULTS["environment"], flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    # the engine's slide is generated on the CPU cores while the GPU stages run
+    cache = Path("/tmp/samlung-bench")
+    cache.mkdir(exist_ok=True)
+    slide_job = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                                  f"import engine_speed as e; from pathlib import Path; "
+                                  f"e.bench_slide(Path({str(cache)!r}), {args.slide_size})"])
+
+    def check_model():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return model_speed.check_outputs(preset, dev, img_size=img)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = True
+
+    stage("check_model_vit_b_1024", 40, deadline, check_model)
+    stage("check_engine_device_vs_cpu", 40, deadline, lambda: engine_check(dev))
+    stage("anchor_gpu_anchor", 150, deadline, lambda: run_anchor(args.anchors, "gpu_anchor.py", 200, args.dry_run))
+    stage("anchor_gpu_train", 80, deadline, lambda: run_anchor(args.anchors, "gpu_train.py", 120, args.dry_run))
+
+    def infer(attention: str, compile: bool, batch: int = 16):
+        batch = 2 if args.dry_run else batch
+        return model_speed.time_config(preset, dev, "infer", attention, batch, img, "bfloat16", compile,
+                                       iters=10, warmup=3 if not compile else 2)
+
+    def train(attention: str, compile: bool, checkpointing: bool, batch: int = 8):
+        batch = 2 if args.dry_run else batch
+        return model_speed.time_config(preset, dev, "train", attention, batch, img, "bfloat16", compile,
+                                       checkpointing, iters=6, warmup=2)
+
+    stage("infer_fast_eager_b16", 20, deadline, lambda: infer("fast", False))
+    stage("infer_reference_eager_b16", 25, deadline, lambda: infer("reference", False))
+    stage("infer_fast_compiled_b16", 120, deadline, lambda: infer("fast", True))
+    stage("train_fast_eager_ckpt_b8", 25, deadline, lambda: train("fast", False, True))
+    stage("train_fast_compiled_ckpt_b8", 150, deadline, lambda: train("fast", True, True))
+
+    def engine_gpu():
+        slide_job.wait(timeout=max(1.0, deadline - time.monotonic() - 60))
+        ns = argparse.Namespace(preset=preset, tile=img, overlap=img // 8, batch_size=2 if args.dry_run else 16,
+                                workers=os.cpu_count(), compile=not args.dry_run, device=dev)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return engine_speed.gpu_utilisation(cache / f"bench-{args.slide_size}.svs", ns, Path(tmp))
+
+    stage("engine_whole_slide_vit_b", 90, deadline, engine_gpu)
+    stage("infer_reference_compiled_b16", 100, deadline, lambda: infer("reference", True))
+    slide_job.kill()
+    RESULTS["wall_s"] = round(time.monotonic() - start, 1)
+    save()
+    print("SUMMARY", json.dumps(RESULTS, default=str)[:6000], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The "Fine-tune on corrections" panel: export the reviewed regions, run ``samlung-finetune`` on
+them from the current checkpoint in a separate process, follow it, and offer the new checkpoint."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSpinBox
+
+from napari_samlung.annotations.training_set import export_training_set
+from napari_samlung.data import read_export_set
+from napari_samlung.finetuning import FinetuneConfig, FinetuneProgress, FinetuneResult, run_finetune
+from napari_samlung.gui._common import Job
+from napari_samlung.gui._viewer import UserError
+from napari_samlung.gui.model_cache import check_model_files
+from napari_samlung.inference.predictor import resolve_device
+
+if TYPE_CHECKING:
+    from napari_samlung.gui._widget import SamLungWidget
+
+LOG_LINES = 2000
+
+
+class FinetunePanel(QGroupBox):
+    def __init__(self, host: SamLungWidget):
+        super().__init__("Fine-tune on corrections")
+        self.host = host
+        self.job: Job | None = None
+        self.new_checkpoint: Path | None = None
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 1000)
+        self.epochs.setValue(5)
+        self.max_steps = QSpinBox()
+        self.max_steps.setRange(0, 1_000_000)
+        self.max_steps.setSpecialValueText("all")
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 256)
+        self.batch_size.setValue(2)
+        self.processes = QSpinBox()
+        self.processes.setRange(1, 64)
+        self.processes.setToolTip("processes (one per GPU); more than one runs under torchrun")
+        self.run_button = QPushButton("Fine-tune on corrections")
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.use_button = QPushButton("Use the new checkpoint")
+        self.use_button.setEnabled(False)
+        self.use_button.clicked.connect(self.use_new_checkpoint)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(LOG_LINES)
+        self.log.setMinimumHeight(80)
+        form = QFormLayout(self)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Steps per epoch", self.max_steps)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Processes", self.processes)
+        row = QHBoxLayout()
+        for button in (self.run_button, self.cancel_button):
+            row.addWidget(button)
+        form.addRow(row)
+        form.addRow(self.summary)
+        form.addRow(self.log)
+        form.addRow(self.use_button)
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def start(self) -> None:
+        host = self.host
+        with host.user_errors():
+            if self.running:
+                raise UserError("fine-tuning is already running: wait for it or press Cancel")
+            segment = host.segment
+            checkpoint, sam_weights = check_model_files(segment.checkpoint.text(), segment.sam_weights.text())
+            slide = host.current_slide()
+            cm = host.classmap(slide)
+            if not cm.reviewed:
+                raise UserError(f"{slide.name} has no reviewed regions to learn from: "
+                                "review and apply a region first")
+            device = segment.device.currentText()
+            config = FinetuneConfig(
+                data_paths=[host.export.training_set_path(cm)], init_checkpoint=checkpoint,
+                output_dir=cm.root / "finetune" / time.strftime("%Y%m%d-%H%M%S"), sam_weights=sam_weights,
+                epochs=self.epochs.value(), max_steps_per_epoch=self.max_steps.value() or None,
+                batch_size=self.batch_size.value(), device=device, nproc=self.processes.value(),
+                workers=0 if resolve_device(device).type == "cpu" else 4)
+            self.log.clear()
+            self.summary.setText("exporting the reviewed regions")
+            self.use_button.setEnabled(False)
+            self.job = Job(self._run, host.slide_for(slide), cm, config, description="Fine-tuning SAM-Lung",
+                           on_yield=self._progress, on_done=self._done)
+
+    @staticmethod
+    def _run(slide, cm, config: FinetuneConfig, cancel):
+        """Worker: export the reviewed regions afresh, then run and follow samlung-finetune."""
+        yield "Exporting the reviewed regions"
+        data = export_training_set(cm, slide, config.data_paths[0], overwrite=True)
+        if len(read_export_set(data).pairs) < 2:
+            raise UserError("fine-tuning needs at least two exported tiles (one is held out for validation): "
+                            "review a larger region or more regions")
+        yield "Running samlung-finetune"
+        return (yield from run_finetune(config, cancel))
+
+    def _progress(self, event) -> None:
+        if isinstance(event, str):
+            self.summary.setText(event)
+        elif isinstance(event, FinetuneProgress):
+            for line in event.log:
+                self.log.appendPlainText(line)
+            self.summary.setText(event.summary())
+
+    def _done(self, result: FinetuneResult) -> None:
+        if result.cancelled:
+            self.summary.setText("fine-tuning cancelled")
+            show_warning("fine-tuning cancelled")
+            return
+        self.new_checkpoint = result.checkpoint
+        self.use_button.setEnabled(True)
+        self.summary.setText(f"done: {result.checkpoint}")
+        show_info(f"fine-tuning finished: {result.checkpoint} ('Use the new checkpoint' to segment with it)")
+
+    def use_new_checkpoint(self) -> None:
+        if self.new_checkpoint is not None:
+            self.host.segment.checkpoint.set_text(str(self.new_checkpoint))
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()

@@ -1,0 +1,140 @@
+"""napari layer data for slides, class maps, reviewed regions and review drafts (no Qt, no napari).
+
+Each builder returns a napari ``LayerData`` tuple ``(data, kwargs, layer_type)``, which the reader
+returns as it is and the widget adds with ``viewer.add_<type>(data, **kwargs)``. The metadata
+keys below tie the layers of one slide together, so the widget finds them again whoever added
+them (the reader on opening, or the widget itself).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from napari_samlung.annotations.review import Draft
+from napari_samlung.gui.geometry import SlideFrame
+from napari_samlung.inference.classmap import ClassMap, results_dir
+from napari_samlung.labels import BACKGROUND, IGNORE, class_color
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+ROLE = "samlung_role"  # 'slide', 'classmap', 'reviewed' or 'draft'
+SLIDE_PATH = "samlung_slide"  # the slide file (absolute path), on every layer of the slide
+RESULTS = "samlung_results"  # the result folder of class-map, reviewed and draft layers
+DRAFT_ID = "samlung_draft"
+DRAFT_BOX = "samlung_box"  # a draft's (y, x, h, w) in class-map pixels
+
+TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
+IGNORE_COLOR = (0.5, 0.5, 0.5, 0.6)
+REVIEWED_EDGE = "yellow"
+
+
+def slide_frame(slide) -> SlideFrame:
+    """World placement of a slide opened on its own: micrometres when its mpp is known."""
+    if slide.mpp:
+        return SlideFrame((slide.mpp, slide.mpp), (0.0, 0.0), ("um", "um"))
+    return SlideFrame()
+
+
+def slide_layer(slide) -> LayerData:
+    """The slide as a lazy (multiscale when it has a pyramid) RGB image layer."""
+    frame = slide_frame(slide)
+    kwargs = {
+        "name": slide.name,
+        "rgb": True,
+        "multiscale": len(slide.levels) > 1,
+        "contrast_limits": (0, 255),  # known for uint8: napari need not look at the pixels
+        "scale": frame.scale,
+        "metadata": {ROLE: "slide", SLIDE_PATH: str(Path(slide.path).resolve()), "mpp": slide.mpp,
+                     "format": slide.format},
+    }
+    if frame.units:
+        kwargs["units"] = frame.units
+    data = list(slide.levels) if kwargs["multiscale"] else slide.levels[0]
+    return data, kwargs, "image"
+
+
+def label_colors(num_classes: int) -> dict[int | None, tuple[float, ...]]:
+    """Direct label colours: background transparent, classes as in labels.py, ignore grey."""
+    colors: dict[int | None, tuple[float, ...]] = {None: TRANSPARENT, BACKGROUND: TRANSPARENT,
+                                                   IGNORE: IGNORE_COLOR}
+    for value in range(1, num_classes + 1):
+        colors[value] = (*(c / 255 for c in class_color(value)), 1.0)
+    return colors
+
+
+def _placed(frame: SlideFrame, scale: float, offset: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    layer_scale, translate = frame.grid_placement(scale, offset)
+    placed: dict[str, Any] = {"scale": layer_scale, "translate": translate}
+    if frame.units:
+        placed["units"] = frame.units
+    return placed
+
+
+def _tags(cm: ClassMap, slide_path: str | os.PathLike, role: str) -> dict[str, Any]:
+    return {ROLE: role, SLIDE_PATH: str(Path(slide_path).resolve()), RESULTS: str(Path(cm.root).resolve())}
+
+
+def classmap_layer(cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLike, name: str) -> LayerData:
+    """The on-disk class map as a (read-only) multiscale labels layer over the slide."""
+    kwargs = {
+        "name": f"{name} segmentation",
+        "multiscale": len(cm.levels) > 1,
+        "colormap": label_colors(cm.num_classes),
+        "opacity": 0.5,
+        "metadata": _tags(cm, slide_path, "classmap"),
+        **_placed(frame, cm.scale),
+    }
+    return (list(cm.levels) if kwargs["multiscale"] else cm.levels[0]), kwargs, "labels"
+
+
+def reviewed_rectangles(cm: ClassMap, frame: SlideFrame) -> list[list[list[float]]]:
+    """World corners of every reviewed region of ``cm``."""
+    return [frame.box_to_world_rect(tuple(record["box"]), cm.scale) for record in cm.reviewed]
+
+
+def reviewed_layer(cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLike, name: str) -> LayerData:
+    """The reviewed regions as outlined rectangles (display only: the class map records them)."""
+    side = min((min(r["box"][2:]) for r in cm.reviewed), default=64) * cm.scale
+    kwargs = {
+        "name": f"{name} reviewed regions",
+        "shape_type": "rectangle",
+        "edge_color": REVIEWED_EDGE,
+        "face_color": "transparent",
+        "edge_width": max(2.0, side / 50) * max(frame.scale),
+        "metadata": _tags(cm, slide_path, "reviewed"),
+    }
+    if frame.units:
+        kwargs["units"] = frame.units
+    return reviewed_rectangles(cm, frame), kwargs, "shapes"
+
+
+def draft_layer(draft: Draft, frame: SlideFrame, slide_path: str | os.PathLike, name: str) -> LayerData:
+    """An editable labels layer whose data is the draft's zarr array: every stroke lands on disk."""
+    cm = draft.classmap
+    metadata = {**_tags(cm, slide_path, "draft"), DRAFT_ID: draft.id, DRAFT_BOX: [int(v) for v in draft.box]}
+    kwargs = {
+        "name": f"{name} review {draft.id}",
+        "colormap": label_colors(cm.num_classes),
+        "opacity": 0.7,
+        "metadata": metadata,
+        **_placed(frame, cm.scale, draft.box[:2]),
+    }
+    return draft.data, kwargs, "labels"
+
+
+def find_results(slide_path: str | os.PathLike, project_dir: str | os.PathLike | None = None) -> Path | None:
+    """The result folder holding a class map for the slide: in ``project_dir`` first, then beside it."""
+    candidates = ([results_dir(slide_path, project_dir)] if project_dir else []) + [results_dir(slide_path)]
+    return next((root for root in candidates if ClassMap.exists(root)), None)
+
+
+def results_layers(root: Path, frame: SlideFrame, slide_path: str | os.PathLike,
+                   name: str) -> list[LayerData]:
+    """The class-map layer, plus the reviewed-regions layer when there are reviewed regions."""
+    cm = ClassMap.open(root)
+    layers = [classmap_layer(cm, frame, slide_path, name)]
+    if cm.reviewed:
+        layers.append(reviewed_layer(cm, frame, slide_path, name))
+    return layers

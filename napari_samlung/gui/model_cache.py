@@ -1,0 +1,68 @@
+"""Loaded models kept between runs, keyed by checkpoint, SAM weights and device (no Qt).
+
+Loading a ViT-B checkpoint takes seconds and hundreds of MB, so the widget keeps the last few
+predictors. The key includes each file's size and modification time: a checkpoint rewritten in
+place (a fine-tuning run writing ``best.pt`` again) is loaded afresh.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from napari_samlung.inference.models import load_model
+from napari_samlung.inference.predictor import TilePredictor, resolve_device
+
+
+def check_model_files(checkpoint: str, sam_weights: str) -> tuple[Path, Path | None]:
+    """The checkpoint and optional SAM weights as paths; ValueError naming a missing one."""
+    if not checkpoint.strip():
+        raise ValueError("choose a SAM-Lung checkpoint (.pt) first")
+    paths = []
+    for label, text in (("checkpoint", checkpoint), ("SAM weights", sam_weights)):
+        if not text.strip():
+            paths.append(None)
+            continue
+        path = Path(text.strip()).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{label} {path}: no such file")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _file_key(path: Path | None) -> tuple | None:
+    if path is None:
+        return None
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+class PredictorCache:
+    """The most recently used predictors (at most ``capacity``); safe to use from worker threads."""
+
+    def __init__(self, capacity: int = 2):
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, TilePredictor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a model was actually loaded
+
+    def get(self, checkpoint: Path, sam_weights: Path | None, device: str) -> TilePredictor:
+        """The predictor for these files on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N')."""
+        resolved = resolve_device(device)
+        key = (_file_key(checkpoint), _file_key(sam_weights), str(resolved))
+        with self._lock:  # one load at a time; a second caller waits and reuses it
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            model, info = load_model(checkpoint, sam_weights)
+            predictor = TilePredictor(model, model.config, resolved, info=info)
+            self.loads += 1
+            self._items[key] = predictor
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+            return predictor
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -1,0 +1,92 @@
+"""Fixtures and helpers for the napari plugin tests (``tests/test_gui_*.py``).
+
+Import the fixtures into a test module (``from gui_support import ...``); ``isolated_config`` is
+autouse there, so no test ever reads or writes a person's real settings or cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_samlung.model import SamLung, SamLungConfig
+from napari_samlung.model.checkpoint import save_checkpoint
+from napari_samlung.sample_data import write_demo_slide
+
+PLUGIN = "napari-samlung"
+WIDGET = "SAM-Lung segmentation"
+SLIDE_SIDE = 1024  # small: the tiny model segments it in a few seconds on 2 CPU cores
+JOB_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path, monkeypatch):
+    """Settings and the sample-data cache in the test's own folder; napari's messages from this
+    test only."""
+    from napari.utils.notifications import notification_manager
+
+    monkeypatch.setenv("SAMLUNG_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SAMLUNG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(notification_manager, "records", [])
+    return tmp_path / "config" / "settings.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A self-contained checkpoint of the tiny preset (256 px tiles, 0.5 µm/px)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = SamLung(SamLungConfig.tiny(num_classes=1))
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(model, path, include_encoder=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_source(tmp_path_factory) -> Path:
+    """A generated pyramidal SVS-like slide (1024 px, 0.5 µm/px, 3 levels)."""
+    path = tmp_path_factory.mktemp("source") / "demo.svs"
+    write_demo_slide(path, (SLIDE_SIDE, SLIDE_SIDE), mpp=0.5)
+    return path
+
+
+@pytest.fixture
+def demo_slide(demo_source, tmp_path) -> Path:
+    """A fresh copy of the demo slide: results are written beside it."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    return Path(shutil.copy(demo_source, folder / demo_source.name))
+
+
+def notifications(severity: str) -> list[str]:
+    """Messages napari has shown in this test with this severity ('error', 'warning', 'info')."""
+    from napari.utils.notifications import notification_manager
+
+    return [n.message for n in notification_manager.records if str(n.severity) == severity]
+
+
+def open_slide_layer(viewer, path: Path):
+    """Open ``path`` with this plugin's reader; returns the slide's image layer."""
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    return layers[0]
+
+
+def dock(viewer):
+    """Dock the plugin's widget through its manifest, as the Plugins menu does."""
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    return widget
+
+
+def wait_for(qtbot, widget) -> None:
+    """Wait until the widget's segment/review/export job has finished (and its callbacks ran)."""
+    qtbot.waitUntil(lambda: widget.job is None, timeout=JOB_TIMEOUT_MS)
+
+
+def view(viewer, y: float, x: float, height: float) -> None:
+    """Point the 2-D camera at world (y, x) so that ``height`` world units fill the canvas height."""
+    camera = viewer.scene.camera
+    camera.center = (y, x)
+    camera.zoom = viewer.canvas.size[0] / height

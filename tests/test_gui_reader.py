@@ -1,0 +1,159 @@
+"""The npe2 manifest, the slide reader, the label writers and the sample slide."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from gui_support import (  # noqa: F401  (fixtures)
+    PLUGIN,
+    demo_slide,
+    demo_source,
+    dock,
+    isolated_config,
+    notifications,
+    open_slide_layer,
+    tiny_checkpoint,
+    view,
+    wait_for,
+)
+from napari_samlung.gui import _sample_data
+from napari_samlung.gui._reader import get_reader
+from napari_samlung.gui.layers import RESULTS, ROLE, SLIDE_PATH
+from napari_samlung.inference.classmap import ClassMap, results_dir
+from napari_samlung.labels import TUMOR
+
+pytestmark = pytest.mark.gui
+MANIFEST = Path(__file__).resolve().parents[1] / "napari_samlung" / "napari.yaml"
+
+
+def test_manifest_is_valid_and_declares_reader_widget_writers_and_sample():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(MANIFEST)
+    manifest.validate_imports()
+    contributions = manifest.contributions
+    (reader,) = contributions.readers
+    assert {"*.svs", "*.ndpi", "*.tif", "*.tiff", "*.ome.tif"} <= set(reader.filename_patterns)
+    assert [w.display_name for w in contributions.widgets] == ["SAM-Lung segmentation"]
+    extensions = sorted(ext for w in contributions.writers for ext in w.filename_extensions)
+    assert extensions == [".geojson", ".tif", ".tiff"]
+    assert all(w.layer_types == ["labels"] for w in contributions.writers)
+    assert [s.key for s in contributions.sample_data] == ["demo_slide"]
+
+
+def test_pyramid_opens_as_a_lazy_multiscale_rgb_layer_in_micrometres(make_napari_viewer, demo_slide):
+    viewer = make_napari_viewer()
+    layer = open_slide_layer(viewer, demo_slide)
+    assert layer.multiscale and layer.rgb and len(layer.data) == 3
+    assert [tuple(level.shape) for level in layer.data] == [(1024, 1024, 3), (512, 512, 3), (256, 256, 3)]
+    assert all(not isinstance(level, np.ndarray) for level in layer.data)  # read tile by tile when drawn
+    assert tuple(layer.scale) == (0.5, 0.5) and [str(u) for u in layer.units] == ["micrometer"] * 2
+    assert layer.metadata[ROLE] == "slide" and layer.metadata[SLIDE_PATH] == str(demo_slide.resolve())
+    assert layer.metadata["mpp"] == 0.5
+
+
+def test_the_real_svs_opens_at_its_microns_per_pixel(make_napari_viewer, real_svs):
+    viewer = make_napari_viewer()
+    layer = open_slide_layer(viewer, real_svs)
+    assert not layer.multiscale and layer.data.shape == (2967, 2220, 3)
+    assert tuple(layer.scale) == pytest.approx((0.499, 0.499))
+    assert layer.metadata["format"] == "aperio-svs"
+
+
+def test_real_svs_segments_visible_region_and_whole_slide_at_a_chosen_resolution(
+        make_napari_viewer, qtbot, real_svs, tiny_checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    open_slide_layer(viewer, real_svs)
+    widget = dock(viewer)
+    widget.segment.checkpoint.set_text(str(tiny_checkpoint))
+    widget.segment.project_dir.set_text(str(tmp_path / "project"))  # the fixture folder stays untouched
+    widget.segment.mpp.setValue(2.0)  # coarser than the checkpoint's 0.5: ~4 slide pixels per class pixel
+    view(viewer, 700, 550, 300)
+    widget.segment.visible_button.click()
+    wait_for(qtbot, widget)
+    root = results_dir(real_svs, tmp_path / "project")
+    cm = ClassMap.open(root)
+    assert cm.shape == (round(2967 * 0.499 / 2.0), round(2220 * 0.499 / 2.0))
+    assert cm.status == "partial"
+    widget.segment.full_button.click()
+    wait_for(qtbot, widget)
+    assert ClassMap.open(root).status == "complete" and not notifications("error")
+    (labels,) = [layer for layer in viewer.layers if layer.metadata.get(ROLE) == "classmap"]
+    assert labels.scale[-1] == pytest.approx(0.499 * cm.scale)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("notes.tif", b"this is not a TIFF"),
+    ("empty.svs", b""),
+    ("picture.png", None),
+])
+def test_files_the_plugin_cannot_open_get_no_reader(tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        tifffile.imwrite(path, np.zeros((8, 8), np.uint8))  # readable, but not a file type we claim
+    else:
+        path.write_bytes(content)
+    assert get_reader(str(path)) is None
+    assert get_reader([str(path), str(path)]) is None
+
+
+def test_results_beside_the_slide_open_with_it(demo_slide, tiny_checkpoint):
+    cm = ClassMap.create(results_dir(demo_slide), (1024, 1024), scale=1.0, num_classes=1, slide={"mpp": 0.5},
+                         model={})
+    cm.write((0, 0, 10, 10), np.ones((10, 10), np.uint8))
+    cm.add_reviewed((0, 0, 10, 10))
+    layers = get_reader(str(demo_slide))(str(demo_slide))
+    assert [kwargs["metadata"][ROLE] for _, kwargs, _ in layers] == ["slide", "classmap", "reviewed"]
+    data, kwargs, kind = layers[1]
+    assert kind == "labels" and kwargs["metadata"][RESULTS] == str(cm.root.resolve())
+    assert np.asarray(data[0][:10, :10]).tolist() == np.ones((10, 10)).tolist()
+
+
+def test_sample_slide_is_generated_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(_sample_data, "DEMO_SHAPE", (512, 512))
+    (data, kwargs, kind), = _sample_data.demo_slide()
+    path = tmp_path / "cache" / _sample_data.DEMO_NAME
+    assert kind == "image" and kwargs["rgb"] and tuple(data[0].shape) == (512, 512, 3)
+    assert kwargs["metadata"][SLIDE_PATH] == str(path.resolve())
+    stamp = path.stat().st_mtime_ns
+    _sample_data.demo_slide()
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_writers_save_the_segmentation_as_label_tiff_and_geojson(make_napari_viewer, qtbot, demo_slide,
+                                                                  tiny_checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    open_slide_layer(viewer, demo_slide)
+    widget = dock(viewer)
+    widget.segment.checkpoint.set_text(str(tiny_checkpoint))
+    widget.segment.full_button.click()
+    wait_for(qtbot, widget)
+    cm = ClassMap.open(results_dir(demo_slide))
+    (labels,) = [layer for layer in viewer.layers if layer.metadata.get(ROLE) == "classmap"]
+
+    labels.save(str(tmp_path / "seg.tif"), plugin=PLUGIN)
+    with tifffile.TiffFile(tmp_path / "seg.tif") as tif:
+        level0 = tif.series[0].levels[0]
+        assert level0.keyframe.is_tiled and level0.keyframe.compression == 8  # zlib: lossless
+        assert np.array_equal(level0.asarray(), cm.read((0, 0, 1024, 1024)))
+
+    labels.save(str(tmp_path / "seg.geojson"), plugin=PLUGIN)
+    features = json.loads((tmp_path / "seg.geojson").read_text())["features"]
+    assert features and features[0]["properties"]["objectType"] == "annotation"
+
+    plain = viewer.add_labels(np.zeros((64, 96), np.uint8), scale=(0.25, 0.25), units=("um", "um"))
+    plain.data[8:24, 16:48] = TUMOR
+    plain.save(str(tmp_path / "plain.tif"), plugin=PLUGIN)
+    with tifffile.TiffFile(tmp_path / "plain.tif") as tif:
+        assert np.array_equal(tif.series[0].levels[0].asarray(), plain.data)
+        x_resolution = tif.pages[0].tags["XResolution"].value
+        assert x_resolution[0] / x_resolution[1] == pytest.approx(1e4 / 0.25)  # pixels per cm
+    plain.save(str(tmp_path / "plain.geojson"), plugin=PLUGIN)
+    (feature,) = json.loads((tmp_path / "plain.geojson").read_text())["features"]
+    xs, ys = zip(*feature["geometry"]["coordinates"][0][0])
+    assert (min(xs), max(xs), min(ys), max(ys)) == (16, 48, 8, 24)  # the layer's pixel edges
