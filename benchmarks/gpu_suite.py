@@ -5,13 +5,14 @@ Runs, in order of importance, each stage guarded by the time left (results are w
 
 1. correctness on the device: vit_b logits at 1024 px (fast attention, float32 and bf16) against the
    CPU float32 reference; the engine's class map on CUDA against the CPU's (tiny model);
-2. the peer anchors in this run: ``gpu_anchor.py --eager-only`` (official SAM encoder) and
-   ``gpu_train.py --eager-only`` (SAM-Lung-shaped training step);
-3. SamLung vit_b inference, bf16, eager (fast and reference attention) and compiled;
-4. training step vit_b, bf16, batch 8: eager and compiled, with block checkpointing;
-5. the whole-slide engine on a generated 20,000 x 20,000 JPEG slide against the model alone.
+2. the peer anchors in this run: the official SAM encoder's eager bf16 row and the SAM-Lung-shaped
+   inference row from ``gpu_anchor.py`` (its own code, imported), and ``gpu_train.py --eager-only``;
+3. SamLung vit_b inference, bf16, batch 16, eager and compiled (fast attention);
+4. the whole-slide engine on a generated 20,000 x 20,000 JPEG slide against the model alone;
+5. the fine-tuning program's training step (train_speed.py), vit_b, bf16, batch 8: compiled with
+   block checkpointing, and eager.
 
-Usage (on the GPU machine): python benchmarks/gpu_suite.py --anchors DIR --budget 540
+Usage (on the GPU machine): python benchmarks/gpu_suite.py --anchors DIR --budget 330
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -32,6 +34,7 @@ import torch  # noqa: E402
 
 import engine_speed  # noqa: E402
 import model_speed  # noqa: E402
+import train_speed  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp/gpu-suite"))
 RESULTS: dict = {"stages": {}}
@@ -97,10 +100,22 @@ def engine_check(device: str) -> dict:
     return {"agreement": agree, "tumor_fraction_cpu": float(maps[0].mean()), "ok": agree > 0.99}
 
 
+def anchor_rows(anchors: Path, quick: bool) -> list[dict]:
+    """The peer's own code (gpu_anchor.py) for the rows the targets compare against."""
+    if quick and "--quick" not in sys.argv:
+        sys.argv.append("--quick")
+    sys.path.insert(0, str(anchors))
+    import gpu_anchor
+
+    gpu_anchor.bench("official enc bf16-autocast", gpu_anchor.official_encoder(), 16, torch.bfloat16)
+    gpu_anchor.bench("SAM-Lung-shaped infer bf16-autocast", gpu_anchor.SamLungShaped(), 16, torch.bfloat16)
+    return list(gpu_anchor.rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--anchors", type=Path, required=True, help="folder with gpu_anchor.py and gpu_train.py")
-    parser.add_argument("--budget", type=float, default=540, help="seconds this run may take")
+    parser.add_argument("--budget", type=float, default=330, help="seconds this run may take")
     parser.add_argument("--slide-size", type=int, default=20000)
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, small sizes: checks the script")
     args = parser.parse_args()
@@ -112,59 +127,47 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     RESULTS["environment"] = model_speed.environment(dev)
     print(RESULTS["environment"], flush=True)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
 
     # the engine's slide is generated on the CPU cores while the GPU stages run
-    cache = Path("/tmp/samlung-bench")
+    cache = Path(tempfile.gettempdir()) / "samlung-bench"
     cache.mkdir(exist_ok=True)
     slide_job = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
                                   f"import engine_speed as e; from pathlib import Path; "
                                   f"e.bench_slide(Path({str(cache)!r}), {args.slide_size})"])
 
     def check_model():
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            return model_speed.check_outputs(preset, dev, img_size=img)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = True
+        if dev == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+        return model_speed.check_outputs(preset, dev, img_size=img)
 
-    stage("check_model_vit_b_1024", 40, deadline, check_model)
-    stage("check_engine_device_vs_cpu", 40, deadline, lambda: engine_check(dev))
-    stage("anchor_gpu_anchor", 150, deadline, lambda: run_anchor(args.anchors, "gpu_anchor.py", 200, args.dry_run))
-    stage("anchor_gpu_train", 80, deadline, lambda: run_anchor(args.anchors, "gpu_train.py", 120, args.dry_run))
-
-    def infer(attention: str, compile: bool, batch: int = 16):
-        batch = 2 if args.dry_run else batch
-        return model_speed.time_config(preset, dev, "infer", attention, batch, img, "bfloat16", compile,
-                                       iters=10, warmup=3 if not compile else 2)
-
-    def train(attention: str, compile: bool, checkpointing: bool, batch: int = 8):
-        batch = 2 if args.dry_run else batch
-        return model_speed.time_config(preset, dev, "train", attention, batch, img, "bfloat16", compile,
-                                       checkpointing, iters=6, warmup=2)
-
-    stage("infer_fast_eager_b16", 20, deadline, lambda: infer("fast", False))
-    stage("infer_reference_eager_b16", 25, deadline, lambda: infer("reference", False))
-    stage("infer_fast_compiled_b16", 120, deadline, lambda: infer("fast", True))
-    stage("train_fast_eager_ckpt_b8", 25, deadline, lambda: train("fast", False, True))
-    stage("train_fast_compiled_ckpt_b8", 150, deadline, lambda: train("fast", True, True))
+    stage("check_model", 30, deadline, check_model)
+    stage("check_engine_device_vs_cpu", 25, deadline, lambda: engine_check(dev))
+    stage("anchor_inference_rows", 40, deadline, lambda: anchor_rows(args.anchors, args.dry_run))
+    batch = 2 if args.dry_run else 16
+    stage("infer_fast_eager_b16", 15, deadline,
+          lambda: model_speed.time_config(preset, dev, "infer", "fast", batch, img, "bfloat16", False))
+    stage("infer_fast_compiled_b16", 80, deadline,
+          lambda: model_speed.time_config(preset, dev, "infer", "fast", batch, img, "bfloat16", True, warmup=2))
 
     def engine_gpu():
-        slide_job.wait(timeout=max(1.0, deadline - time.monotonic() - 60))
-        ns = argparse.Namespace(preset=preset, tile=img, overlap=img // 8, batch_size=2 if args.dry_run else 16,
-                                workers=os.cpu_count(), compile=not args.dry_run, device=dev)
-        import tempfile
-
+        slide_job.wait(timeout=max(1.0, deadline - time.monotonic() - 40))
+        ns = argparse.Namespace(preset=preset, tile=img, overlap=img // 8, batch_size=batch,
+                                workers=min(16, os.cpu_count() or 2), compile=not args.dry_run, device=dev)
         with tempfile.TemporaryDirectory() as tmp:
             return engine_speed.gpu_utilisation(cache / f"bench-{args.slide_size}.svs", ns, Path(tmp))
 
-    stage("engine_whole_slide_vit_b", 90, deadline, engine_gpu)
-    stage("infer_reference_compiled_b16", 100, deadline, lambda: infer("reference", True))
+    stage("engine_whole_slide", 45, deadline, engine_gpu)
+    stage("anchor_gpu_train", 40, deadline, lambda: run_anchor(args.anchors, "gpu_train.py", 60, args.dry_run))
+    train_batch = 2 if args.dry_run else 8
+    stage("train_step_compiled_ckpt_b8", 90, deadline,
+          lambda: train_speed.measure_train_step(preset, train_batch, img, "bfloat16", dev, checkpointing=True,
+                                                 compile=True, iters=6, warmup=3))
+    stage("train_step_eager_b8", 15, deadline,
+          lambda: train_speed.measure_train_step(preset, train_batch, img, "bfloat16", dev, iters=5, warmup=2))
     slide_job.kill()
     RESULTS["wall_s"] = round(time.monotonic() - start, 1)
     save()
-    print("SUMMARY", json.dumps(RESULTS, default=str)[:6000], flush=True)
+    print("SUMMARY", json.dumps(RESULTS, default=str)[:8000], flush=True)
     return 0
 
 

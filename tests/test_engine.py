@@ -265,3 +265,19 @@ def test_a_region_reviewed_during_a_run_is_kept(textured_slide, tmp_path, monkey
     cm = ClassMap.open(root)
     assert (cm.read((600, 0, 100, 900)) == 9).all()
     assert len(cm.reviewed) == 1 and cm.status == "complete"
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_loader_hands_out_tiles_in_order_in_batches(full):
+    from napari_samlung.inference.loader import TileLoader
+
+    items = list(range(23))
+    loader = TileLoader(items, lambda i: np.full((8, 8, 3), i, np.uint8), tile=8, batch_size=4, workers=3,
+                        full_batches=full)
+    seen = []
+    for batch_items, tiles in loader:
+        assert tiles.shape[0] == (4 if full else len(batch_items))
+        assert [int(v) for v in tiles[:len(batch_items), 0, 0, 0]] == batch_items
+        seen += batch_items
+        loader.release(None)
+    assert seen == items

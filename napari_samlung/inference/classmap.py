@@ -20,7 +20,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import zarr
@@ -260,15 +260,23 @@ class ClassMap:
         self._write_pyramid(box, labels)
 
     def _write_pyramid(self, box: Box, labels: np.ndarray) -> None:
-        # Level k holds level-0 pixel (i * 2**k, j * 2**k): every sample a block owns is inside it.
+        for level, level_box, samples in self.pyramid_samples(box, labels):
+            y, x, h, w = level_box
+            self.levels[level][y:y + h, x:x + w] = samples
+
+    def pyramid_samples(self, box: Box, labels: np.ndarray) -> Iterator[tuple[int, Box, np.ndarray]]:
+        """(level, box at that level, values) of every coarser-level pixel that a level-0 block sets.
+
+        Level k holds level-0 pixel (i * 2**k, j * 2**k), so every sample a block owns is inside it.
+        """
         y, x, h, w = box
         for k in range(1, len(self.levels)):
             f = 1 << k
             ky0, kx0 = -(-y // f), -(-x // f)
             ky1, kx1 = -(-(y + h) // f), -(-(x + w) // f)
             if ky1 <= ky0 or kx1 <= kx0:
-                break
-            self.levels[k][ky0:ky1, kx0:kx1] = labels[ky0 * f - y::f, kx0 * f - x::f][: ky1 - ky0, : kx1 - kx0]
+                return
+            yield k, (ky0, kx0, ky1 - ky0, kx1 - kx0), labels[ky0 * f - y::f, kx0 * f - x::f][: ky1 - ky0, : kx1 - kx0]
 
     def rebuild_pyramid(self) -> None:
         """Recompute every coarser level from level 0, chunk by chunk."""

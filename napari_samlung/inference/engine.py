@@ -255,6 +255,9 @@ def iter_segment(
             cancelled = True
     if cancelled:
         return SegmentationResult(root, "cancelled", plan, counts, time.perf_counter() - start)
+    for key in done:  # chunks from before an interruption: their coarse-level samples may be missing
+        box = cm.chunk_box(*key)
+        cm.write(box, cm.read(box))
     record = {"box": list(plan.box), "when": now(), "model": predictor.info}
     if plan.whole_slide:
         cm.update_meta(status="complete", job=None, segmented=[record])
@@ -332,7 +335,7 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
     cuda = predictor.device.type == "cuda"
     workers = params.workers or min(8, os.cpu_count() or 2)
     loader = TileLoader(model_tiles, read, tile=tile, batch_size=params.batch_size, workers=workers,
-                        pin_memory=cuda)
+                        pin_memory=cuda, full_batches=predictor.compiled)
     pointer = 0
 
     def advance(until: int, scores: torch.Tensor | None, batch: dict) -> list[Block]:

@@ -20,7 +20,9 @@ Item = TypeVar("Item")
 class TileLoader(Generic[Item]):
     """Yields ``(items, batch)`` with ``batch`` a (B, tile, tile, 3) uint8 tensor.
 
-    ``read(item)`` returns one (tile, tile, 3) uint8 array. After handing a batch to the device
+    ``read(item)`` returns one (tile, tile, 3) uint8 array. With ``full_batches`` a short last
+    batch still comes as ``batch_size`` tiles (the rows past ``len(items)`` are stale), so a
+    compiled model never sees a new shape. After handing a batch to the device
     the consumer calls :meth:`release` (with the CUDA event recorded after the copy) before
     asking for the next batch.
     """
@@ -35,6 +37,7 @@ class TileLoader(Generic[Item]):
         workers: int = 2,
         pin_memory: bool = False,
         prefetch_batches: int = 2,
+        full_batches: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -45,6 +48,7 @@ class TileLoader(Generic[Item]):
         self.workers = max(1, workers)
         self.slots = prefetch_batches + 1
         self.pin_memory = pin_memory
+        self.full_batches = full_batches
         self._events: list = [None] * self.slots
         self._pending_release: int | None = None
 
@@ -88,7 +92,7 @@ class TileLoader(Generic[Item]):
                 for f in futures:
                     f.result()
                 self._pending_release = slot
-                yield items, buffers[slot][:len(items)]
+                yield items, buffers[slot] if self.full_batches else buffers[slot][:len(items)]
                 if n + self.slots - 1 < len(batches):
                     submit(n + self.slots - 1)  # into the slot of batch n - 1, released by now
         finally:

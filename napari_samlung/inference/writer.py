@@ -27,6 +27,73 @@ ChunkKey = tuple[int, int]
 PROTECT_REFRESH_S = 2.0
 
 
+class PyramidBuffer:
+    """The coarser levels of a run, assembled in memory and written once per chunk.
+
+    A coarse chunk spans several level-0 chunks; writing each level-0 chunk's samples straight
+    into it would read, decode, merge and re-encode it every time. Here a coarse chunk is written
+    when every sample the run owns in it has arrived, or at :meth:`flush` (merged with what is on
+    disk where the run does not cover it).
+    """
+
+    def __init__(self, classmap: ClassMap, box: Box):
+        self.classmap, self.box = classmap, box
+        self._chunks: dict[tuple[int, int, int], list] = {}
+
+    def add(self, box: Box, labels: np.ndarray) -> None:
+        for level, (y, x, h, w), samples in self.classmap.pyramid_samples(box, labels):
+            array = self.classmap.levels[level]
+            ch, cw = array.chunks
+            for cy in range(y // ch, (y + h - 1) // ch + 1):
+                for cx in range(x // cw, (x + w - 1) // cw + 1):
+                    self._place(level, cy, cx, (y, x, h, w), samples)
+
+    def _place(self, level: int, cy: int, cx: int, box: Box, samples: np.ndarray) -> None:
+        key = (level, cy, cx)
+        entry = self._chunks.get(key)
+        chunk = self._chunk_box(level, cy, cx)
+        if entry is None:
+            owned = intersect(chunk, self._owned(level))
+            entry = self._chunks[key] = [np.zeros(chunk[2:], np.uint8), np.zeros(chunk[2:], bool),
+                                         owned[2] * owned[3] if owned else 0]
+        part = intersect(chunk, box)
+        y, x, h, w = part
+        target = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
+        entry[0][target] = samples[y - box[0]:y - box[0] + h, x - box[1]:x - box[1] + w]
+        entry[1][target] = True
+        entry[2] -= h * w
+        if entry[2] <= 0:
+            del self._chunks[key]
+            self._write(level, chunk, entry)
+
+    def flush(self) -> None:
+        """Write every partly filled coarse chunk (merged with the data on disk)."""
+        for (level, cy, cx), entry in list(self._chunks.items()):
+            self._write(level, self._chunk_box(level, cy, cx), entry)
+        self._chunks.clear()
+
+    def _chunk_box(self, level: int, cy: int, cx: int) -> Box:
+        array = self.classmap.levels[level]
+        (ch, cw), (h, w) = array.chunks, array.shape
+        return cy * ch, cx * cw, min(ch, h - cy * ch), min(cw, w - cx * cw)
+
+    def _owned(self, level: int) -> Box:
+        """The level's pixels whose level-0 sample lies in the run's box."""
+        f = 1 << level
+        y, x, h, w = self.box
+        y0, x0, y1, x1 = -(-y // f), -(-x // f), -(-(y + h) // f), -(-(x + w) // f)
+        return y0, x0, y1 - y0, x1 - x0
+
+    def _write(self, level: int, chunk: Box, entry: list) -> None:
+        values, filled, _ = entry
+        y, x, h, w = chunk
+        array = self.classmap.levels[level]
+        if not filled.all():
+            old = np.asarray(array[y:y + h, x:x + w])
+            values = np.where(filled, values, old)
+        array[y:y + h, x:x + w] = values
+
+
 def read_progress(path: Path, prefix: str) -> set[ChunkKey]:
     """Chunks recorded as written under ``prefix`` (one pass of a run); torn lines are ignored."""
     done: set[ChunkKey] = set()
@@ -60,6 +127,7 @@ class ChunkWriter:
         self.target = target
         self.log_prefix = log_prefix
         self._log = open(progress_log, "a") if progress_log is not None else None
+        self._pyramid = PyramidBuffer(classmap, box) if target is None else None
         self._buffers: dict[ChunkKey, list] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._written: list[Box] = []
@@ -96,6 +164,8 @@ class ChunkWriter:
         if self._log is not None:
             self._log.close()
         self._raise_if_failed()
+        if self._pyramid is not None:
+            self._pyramid.flush()
 
     @property
     def incomplete_chunks(self) -> int:
@@ -177,11 +247,12 @@ class ChunkWriter:
                 sl = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
                 merged[sl] = old[sl]
             labels = merged
+        y, x, h, w = chunk
         if self.target is not None:
-            y, x, h, w = chunk
             self.target[y:y + h, x:x + w] = labels
         else:
-            self.classmap.write(chunk, labels)
+            self.classmap.levels[0][y:y + h, x:x + w] = labels
+            self._pyramid.add(chunk, labels)
         if self._log is not None:
             self._log.write(f"{self.log_prefix} {key[0]} {key[1]}\n")
             self._log.flush()

@@ -1,0 +1,33 @@
+"""Training and evaluation data: the research layout and exported correction sets.
+
+Headless (numpy/torch only); used by ``samlung-finetune`` and ``samlung predict``.
+"""
+
+from napari_samlung.data.augment import AugmentConfig
+from napari_samlung.data.dataset import EpochKeys, SegmentationDataset
+from napari_samlung.data.files import DataError, read_gray, read_rgb, write_png
+from napari_samlung.data.layouts import (
+    Pair,
+    TrainingData,
+    discover_training_data,
+    prediction_inputs,
+    read_export_set,
+)
+from napari_samlung.data.samples import check_pairs, load_pair
+
+__all__ = [
+    "AugmentConfig",
+    "DataError",
+    "EpochKeys",
+    "Pair",
+    "SegmentationDataset",
+    "TrainingData",
+    "check_pairs",
+    "discover_training_data",
+    "load_pair",
+    "prediction_inputs",
+    "read_export_set",
+    "read_gray",
+    "read_rgb",
+    "write_png",
+]

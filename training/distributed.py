@@ -1,0 +1,114 @@
+"""Distributed set-up for the trainer: process group from torchrun's variables, rank helpers,
+reductions. Everything here is a no-op in a single process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+class DistributedSetupError(ValueError):
+    """The distributed options and the environment do not fit together."""
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: rank, world size, and its device."""
+
+    enabled: bool
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedSetupError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init_distributed(
+    device: str, requested: bool = False, dist_url: str = "env://", world_size: int | None = None
+) -> DistInfo:
+    """Join the process group that torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK).
+
+    Distributed when torchrun started several processes, or when ``requested`` (``--distributed``)
+    under torchrun. NCCL on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on the CPU.
+    ``world_size`` (``--world-size``), when given, must match the environment.
+    """
+    rank, env_world, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
+    device_type = torch.device(device).type
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise DistributedSetupError(f"--device {device}: CUDA is not available on this machine")
+    enabled = rank is not None and env_world is not None and (env_world > 1 or requested)
+    if requested and not enabled:
+        raise DistributedSetupError(
+            "--distributed needs the RANK and WORLD_SIZE environment variables: "
+            "start the program with torchrun"
+        )
+    if not enabled:
+        single = torch.device(device)
+        if single.type == "cuda" and single.index is None:
+            single = torch.device("cuda", torch.cuda.current_device())
+        return DistInfo(False, 0, 1, 0, single)
+    if world_size is not None and world_size != env_world:
+        raise DistributedSetupError(
+            f"--world-size {world_size} differs from WORLD_SIZE={env_world} set by torchrun"
+        )
+    local_rank = rank if local_rank is None else local_rank
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        process_device = torch.device("cuda", local_rank)
+    else:
+        process_device = torch.device(device_type)
+    if device_type == "cuda":  # binding the group to the device lets NCCL collectives know their GPU
+        dist.init_process_group("nccl", init_method=dist_url, world_size=env_world, rank=rank,
+                                device_id=process_device)
+    else:
+        dist.init_process_group("gloo", init_method=dist_url, world_size=env_world, rank=rank)
+    return DistInfo(True, rank, env_world, local_rank, process_device)
+
+
+def cleanup() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every rank."""
+    if _active():
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` over all ranks (in place; returned for convenience)."""
+    if _active():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a one-item list in a single process)."""
+    if not _active():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
