@@ -109,9 +109,16 @@ def child_peak_rss(path: Path, args: argparse.Namespace, workdir: Path) -> float
     return int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
-def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnose: bool = False) -> dict[str, Any]:
     """Whole-slide images/s over model-only images/s (timed as model_speed.py times), same model, batch,
-    dtype and compiled code, in this process. The model-only figure includes normalization."""
+    dtype and compiled code, in this process. The model-only figure includes normalization.
+
+    ``diagnose`` adds runs with the chunk writing, then also the stitching, switched off (the
+    outputs are dropped), to show which stage holds the pipeline back.
+    """
+    from napari_samlung.inference import engine as engine_module
+    from napari_samlung.inference.writer import ChunkWriter
+
     torch.manual_seed(0)
     model = SamLung(getattr(SamLungConfig, args.preset)())
     device = getattr(args, "device", "cuda")
@@ -125,9 +132,29 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path) -> dict
     x = torch.randint(0, 256, (args.batch_size, args.tile, args.tile, 3), dtype=torch.uint8, device=device)
     model_only = args.batch_size / model_speed.median_seconds(lambda: predictor(x), torch.device(device), 10, 3)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    return dict(device=name, preset=args.preset, batch=args.batch_size, compile=args.compile,
-                whole_slide_images_per_s=run["images_per_s"], model_only_images_per_s=model_only,
-                ratio=run["images_per_s"] / model_only, seconds=run["seconds"], tiles=run["tiles"])
+    result = dict(device=name, preset=args.preset, batch=args.batch_size, compile=args.compile,
+                  whole_slide_images_per_s=run["images_per_s"], model_only_images_per_s=model_only,
+                  ratio=run["images_per_s"] / model_only, seconds=run["seconds"], tiles=run["tiles"])
+    if diagnose:
+        place = ChunkWriter._place_all
+
+        def wait_only(self, blocks, host, event):
+            if event is not None:
+                event.synchronize()
+
+        ChunkWriter._place_all = wait_only
+        try:
+            result["no_writing_images_per_s"] = engine_run(path, predictor, params, workdir / "d1.samlung")["images_per_s"]
+            stitcher_add = engine_module.Stitcher.add
+            engine_module.Stitcher.add = lambda self, r, c, kind, scores=None: []
+            try:
+                result["no_stitching_images_per_s"] = engine_run(path, predictor, params,
+                                                                 workdir / "d2.samlung")["images_per_s"]
+            finally:
+                engine_module.Stitcher.add = stitcher_add
+        finally:
+            ChunkWriter._place_all = place
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

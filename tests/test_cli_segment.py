@@ -30,6 +30,14 @@ def slide(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tall_slide(tmp_path_factory) -> Path:
+    """Two class-map chunk rows (1024 px each), so a run can be killed between them."""
+    path = tmp_path_factory.mktemp("slides") / "tall.svs"
+    write_demo_slide(path, (2048, 768), mpp=0.5)
+    return path
+
+
 def read_all(root: Path) -> np.ndarray:
     cm = ClassMap.open(root)
     return cm.read((0, 0, *cm.shape))
@@ -53,14 +61,14 @@ def test_segment_writes_class_map_label_tiff_and_geojson(slide, tmp_path):
     assert "tiles segmented" in done.stdout and str(root) in done.stdout
 
 
-def test_rerun_after_a_killed_run_resumes_and_matches_an_uninterrupted_run(slide, tmp_path):
+def test_rerun_after_a_killed_run_resumes_and_matches_an_uninterrupted_run(tall_slide, tmp_path):
     common = ["--preset", "tiny", "--device", "cpu", "--batch-size", "1", "--no-export"]
-    whole = samlung("segment", slide, "-o", tmp_path / "whole", *common)
+    whole = samlung("segment", tall_slide, "-o", tmp_path / "whole", *common)
     assert whole.returncode == 0, whole.stderr
 
     out = tmp_path / "killed"
-    log = out / "case.samlung" / "progress.log"
-    proc = subprocess.Popen([sys.executable, "-m", "napari_samlung.cli", "segment", str(slide), "-o", str(out),
+    log = out / "tall.samlung" / "progress.log"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_samlung.cli", "segment", str(tall_slide), "-o", str(out),
                              *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -70,17 +78,21 @@ def test_rerun_after_a_killed_run_resumes_and_matches_an_uninterrupted_run(slide
     assert proc.poll() is None, "the run finished before it could be interrupted; use a larger slide"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert ClassMap.open(out / "case.samlung").status == "incomplete"
+    assert ClassMap.open(out / "tall.samlung").status == "incomplete"
     finished_before = len(log.read_text().splitlines())
 
-    resumed = samlung("segment", slide, "-o", out, *common)
+    resumed = samlung("segment", tall_slide, "-o", out, *common)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed" in resumed.stdout and f" 0 resumed" not in resumed.stdout
-    assert ClassMap.open(out / "case.samlung").status == "complete"
-    np.testing.assert_array_equal(read_all(out / "case.samlung"), read_all(tmp_path / "whole" / "case.samlung"))
-    assert 1 <= finished_before < 4
+    assert "resumed" in resumed.stdout and " 0 resumed" not in resumed.stdout
+    assert ClassMap.open(out / "tall.samlung").status == "complete"
+    np.testing.assert_array_equal(read_all(out / "tall.samlung"), read_all(tmp_path / "whole" / "tall.samlung"))
+    assert finished_before == 1
+    cm = ClassMap.open(out / "tall.samlung")  # the display pyramid is whole after the resume too
+    for k in range(1, len(cm.levels)):
+        np.testing.assert_array_equal(cm.read((0, 0, *cm.levels[k].shape), level=k),
+                                      read_all(out / "tall.samlung")[:: 2 ** k, :: 2 ** k])
 
-    again = samlung("segment", slide, "-o", out, *common)
+    again = samlung("segment", tall_slide, "-o", out, *common)
     assert again.returncode == 0 and "already complete" in again.stdout
 
 

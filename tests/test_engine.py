@@ -181,7 +181,10 @@ def test_a_complete_class_map_is_only_recomputed_with_overwrite(textured_slide, 
         assert model.tiles > 0
 
 
-def test_cancel_stops_within_one_batch_and_the_run_resumes(textured_slide, tmp_path):
+def test_cancel_stops_within_one_batch_and_the_run_resumes(textured_slide, tmp_path, monkeypatch):
+    from napari_samlung.inference import classmap
+
+    monkeypatch.setattr(classmap, "CHUNK", 256)  # so that some chunks are finished before the cancel
     root = tmp_path / "out.samlung"
     params = SegmentationParams(tile_size=128, overlap=16, batch_size=2, skip_background=False)
     cancel = threading.Event()
@@ -248,9 +251,10 @@ def test_resolution_follows_the_models_microns_per_pixel(textured_slide, tmp_pat
 
 
 def test_a_region_reviewed_during_a_run_is_kept(textured_slide, tmp_path, monkeypatch):
-    from napari_samlung.inference import writer
+    from napari_samlung.inference import classmap, writer
 
     monkeypatch.setattr(writer, "PROTECT_REFRESH_S", 0.0)
+    monkeypatch.setattr(classmap, "CHUNK", 256)  # several chunk rows on this small slide
     root = tmp_path / "out.samlung"
     params = SegmentationParams(tile_size=128, overlap=16, batch_size=1, skip_background=False)
     with open_slide(textured_slide) as slide:
@@ -281,3 +285,18 @@ def test_loader_hands_out_tiles_in_order_in_batches(full):
         seen += batch_items
         loader.release(None)
     assert seen == items
+
+
+def test_chunks_written_directly_read_back_through_zarr(tmp_path):
+    cm = ClassMap.create(tmp_path / "x.samlung", (1500, 1300), scale=1.0, num_classes=2, slide={}, model={})
+    rng = np.random.default_rng(0)
+    interior = rng.integers(0, 3, (1024, 1024), dtype=np.uint8)
+    edge = rng.integers(0, 3, (476, 276), dtype=np.uint8)  # the corner chunk is cut by the map's edge
+    cm.write_chunk(0, 0, 0, interior)
+    cm.write_chunk(0, 1, 1, edge)
+    reopened = ClassMap.open(cm.root)
+    np.testing.assert_array_equal(reopened.read((0, 0, 1024, 1024)), interior)
+    np.testing.assert_array_equal(reopened.read((1024, 1024, 476, 276)), edge)
+    cm.write_chunk(0, 0, 0, np.zeros((1024, 1024), np.uint8))  # all background: the chunk file goes away
+    assert not (cm.root / "classmap.zarr" / "0" / "c" / "0" / "0").exists()
+    assert (ClassMap.open(cm.root).read((0, 0, 1024, 1024)) == 0).all()

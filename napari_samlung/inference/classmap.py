@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numcodecs
 import numpy as np
 import zarr
 
@@ -29,11 +30,15 @@ from napari_samlung.labels import BACKGROUND, class_name
 
 FORMAT = "samlung-classmap"
 VERSION = 1
-CHUNK = 512
-PYRAMID_CHUNK = 256
+CHUNK = 1024
+PYRAMID_CHUNK = 512
+ZSTD_LEVEL = 1
 MIN_LEVEL_SIZE = 256
 
 Box = tuple[int, int, int, int]  # (y, x, h, w)
+
+
+_ZSTD = numcodecs.Zstd(level=ZSTD_LEVEL)
 
 
 class ClassMapError(ValueError):
@@ -105,7 +110,8 @@ class ClassMap:
         for k, s in enumerate(shapes):
             chunk = CHUNK if k == 0 else PYRAMID_CHUNK
             group.create_array(str(k), shape=s, chunks=(min(chunk, s[0]), min(chunk, s[1])), dtype="uint8",
-                               fill_value=BACKGROUND)
+                               fill_value=BACKGROUND, compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),
+                               chunk_key_encoding={"name": "default", "separator": "/"})
         group.attrs["samlung"] = {
             "format": FORMAT,
             "version": VERSION,
@@ -250,6 +256,43 @@ class ClassMap:
     def read(self, box: Box, level: int = 0) -> np.ndarray:
         y, x, h, w = box
         return np.asarray(self.levels[level][y:y + h, x:x + w])
+
+    def write_chunk(self, level: int, cy: int, cx: int, values: np.ndarray) -> None:
+        """Replace one whole chunk of ``level`` with ``values`` (its part inside the array).
+
+        Encodes the chunk exactly as the array's codecs do (raw uint8, zstd) and writes the file
+        atomically, without zarr's asynchronous write machinery: ten times faster per chunk, which
+        is what lets a GPU run write labels as fast as the model makes them. An all-background
+        chunk is removed instead (zarr reads a missing chunk as the fill value).
+        """
+        array = self.levels[level]
+        ch, cw = array.chunks
+        if not self._plain_zstd(level):
+            h, w = array.shape
+            array[cy * ch:min(h, (cy + 1) * ch), cx * cw:min(w, (cx + 1) * cw)] = values
+            return
+        path = self.root / "classmap.zarr" / str(level) / "c" / str(cy) / str(cx)
+        if not values.any():
+            path.unlink(missing_ok=True)
+            return
+        if values.shape != (ch, cw):
+            padded = np.full((ch, cw), BACKGROUND, np.uint8)
+            padded[: values.shape[0], : values.shape[1]] = values
+            values = padded
+        data = _ZSTD.encode(np.ascontiguousarray(values, dtype=np.uint8))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{cx}.{uuid.uuid4().hex}.partial")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def _plain_zstd(self, level: int) -> bool:
+        """Whether the level is stored as this module creates it (so chunks can be written directly)."""
+        meta = self.levels[level].metadata
+        codecs = [type(c).__name__ for c in meta.codecs]
+        return (codecs == ["BytesCodec", "ZstdCodec"] and meta.codecs[1].level == ZSTD_LEVEL
+                and not meta.codecs[1].checksum and getattr(meta.chunk_key_encoding, "separator", None) == "/"
+                and type(meta.chunk_key_encoding).__name__ == "DefaultChunkKeyEncoding")
 
     def write(self, box: Box, labels: np.ndarray) -> None:
         """Write a block at level 0 and the matching samples of every coarser level."""

@@ -1,4 +1,4 @@
-"""Gather finished label blocks into whole chunks and write them in a background thread.
+"""Gather finished label blocks into whole chunks and write them from background threads.
 
 Blocks arrive from the stitcher as device tensors. ``submit`` starts one asynchronous copy to the
 host per batch and returns at once; the writer thread waits for the copy, places the blocks into
@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ from napari_samlung.inference.stitching import Block
 
 ChunkKey = tuple[int, int]
 PROTECT_REFRESH_S = 2.0
+WRITE_THREADS = 4  # chunk encoding (zstd) and file writes release the GIL
 
 
 class PyramidBuffer:
@@ -87,11 +89,11 @@ class PyramidBuffer:
     def _write(self, level: int, chunk: Box, entry: list) -> None:
         values, filled, _ = entry
         y, x, h, w = chunk
-        array = self.classmap.levels[level]
         if not filled.all():
-            old = np.asarray(array[y:y + h, x:x + w])
+            old = np.asarray(self.classmap.levels[level][y:y + h, x:x + w])
             values = np.where(filled, values, old)
-        array[y:y + h, x:x + w] = values
+        ch, cw = self.classmap.levels[level].chunks
+        self.classmap.write_chunk(level, y // ch, x // cw, values)
 
 
 def read_progress(path: Path, prefix: str) -> set[ChunkKey]:
@@ -128,6 +130,8 @@ class ChunkWriter:
         self.log_prefix = log_prefix
         self._log = open(progress_log, "a") if progress_log is not None else None
         self._pyramid = PyramidBuffer(classmap, box) if target is None else None
+        self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="samlung-write")
+        self._writes: list[Future] = []
         self._buffers: dict[ChunkKey, list] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._written: list[Box] = []
@@ -161,8 +165,12 @@ class ChunkWriter:
         """Wait for every queued block to be written; raise what the thread raised."""
         self._queue.put(None)
         self._thread.join()
+        self._pool.shutdown(wait=True)
         if self._log is not None:
             self._log.close()
+        for write in self._writes:
+            if write.exception() is not None and self._error is None:
+                self._error = write.exception()
         self._raise_if_failed()
         if self._pyramid is not None:
             self._pyramid.flush()
@@ -247,17 +255,24 @@ class ChunkWriter:
                 sl = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
                 merged[sl] = old[sl]
             labels = merged
-        y, x, h, w = chunk
         if self.target is not None:
+            y, x, h, w = chunk
             self.target[y:y + h, x:x + w] = labels
+            self._finished(key, chunk)
         else:
-            self.classmap.levels[0][y:y + h, x:x + w] = labels
             self._pyramid.add(chunk, labels)
-        if self._log is not None:
-            self._log.write(f"{self.log_prefix} {key[0]} {key[1]}\n")
-            self._log.flush()
-        self.done.add(key)
+            write = self._pool.submit(self.classmap.write_chunk, 0, *key, labels)
+            write.add_done_callback(lambda f, key=key, chunk=chunk: f.exception() or self._finished(key, chunk))
+            self._writes.append(write)
+            self._writes = [w for w in self._writes if not w.done() or w.exception()]
+
+    def _finished(self, key: ChunkKey, chunk: Box) -> None:
+        """A chunk is on disk: log it for resume, report it for display."""
         with self._written_lock:
+            if self._log is not None:
+                self._log.write(f"{self.log_prefix} {key[0]} {key[1]}\n")
+                self._log.flush()
+            self.done.add(key)
             self._written.append(chunk)
 
     def _read(self, chunk: Box) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .config import SamLungConfig
@@ -27,16 +29,28 @@ def normalize(images: torch.Tensor, config: SamLungConfig, out: torch.Tensor | N
     channels_first, channels_last = images.shape[1] == 3, images.shape[-1] == 3
     if channels_first == channels_last:
         raise ValueError(f"normalize: cannot tell where the 3 RGB channels are in shape {tuple(images.shape)}")
-    std = torch.tensor(config.pixel_std, dtype=torch.float32, device=images.device)
-    mean = torch.tensor(config.pixel_mean, dtype=torch.float32, device=images.device)
-    scale, shift = 1.0 / (255.0 * std), -mean / std
     if channels_last and images.is_contiguous():
         b, h, w, _ = images.shape
+        scale, shift = _factors(tuple(config.pixel_mean), tuple(config.pixel_std), w, images.device)
         rows = images.view(b * h, w * 3)
         if out is not None:
             out = out.view(b * h, w * 3)
-        result = torch.addcmul(shift.repeat(w), rows, scale.repeat(w), out=out)
+        result = torch.addcmul(shift, rows, scale, out=out)
         return result.view(b, h, w, 3).permute(0, 3, 1, 2)
     if channels_last:
         images = images.permute(0, 3, 1, 2)
+    scale, shift = _factors(tuple(config.pixel_mean), tuple(config.pixel_std), 1, images.device)
     return torch.addcmul(shift.view(1, 3, 1, 1), images.float(), scale.view(1, 3, 1, 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _factors(mean: tuple[float, ...], std: tuple[float, ...], repeat: int,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-value scale and shift, repeated ``repeat`` times, made once per device.
+
+    Building them from Python numbers on every call would copy host memory to the GPU
+    synchronously, stalling the CPU until the GPU has finished all the work queued before.
+    """
+    std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
+    scale, shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+    return scale.repeat(repeat).to(device), shift.repeat(repeat).to(device)
