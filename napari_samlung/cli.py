@@ -160,11 +160,35 @@ def _export_segmentation(root: Path, classmap) -> list[Path]:
     return [tiff, geojson]
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from napari_samlung.evaluate import add_predict_arguments, run_predict
+
+    p = sub.add_parser("predict", help="evaluate a checkpoint on image tiles: Dice, IoU, accuracy, HD95 per image",
+                       description="Predict every image of a folder (research split with mask/ and label/, an "
+                                   "exported training set, or plain images) with the research code's post-processing, "
+                                   "and write per-image metrics (TSV), a summary and optionally the masks.")
+    add_predict_arguments(p)
+    p.set_defaults(func=run_predict)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from napari_samlung.demo import add_demo_arguments, run_demo_command
+
+    p = sub.add_parser("demo", help="run the whole loop on a built-in synthetic slide (CPU, a few minutes)",
+                       description="Segment a synthetic slide with a tiny model, correct one region from the known "
+                                   "truth, export it, fine-tune on it with two DDP processes, segment again, and "
+                                   "print Dice before and after. --gui opens napari on the same data.")
+    add_demo_arguments(p)
+    p.set_defaults(func=run_demo_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="samlung", description="SAM-Lung tumor segmentation for whole-slide H&E images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_segment(sub)
+    _add_predict(sub)
     _add_export(sub)
+    _add_demo(sub)
     return parser
 
 
