@@ -42,3 +42,20 @@ def test_samlung_demo_runs_the_whole_loop_and_improves_the_segmentation(tmp_path
     assert model.config.preset == "tiny"
     for path in re.findall(r"^\s+\S.*?\s{2,}(/\S+)", done.stdout, flags=re.M):
         assert Path(path).exists(), f"the demo names {path}, which does not exist"
+
+
+def test_demo_gui_opens_the_slide_with_the_widget_docked(tmp_path, monkeypatch, qtbot):
+    import napari
+
+    from napari_samlung import demo
+
+    monkeypatch.setenv("SAMLUNG_CONFIG_DIR", str(tmp_path / "config"))  # leave the user's settings alone
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    demo.open_gui(tmp_path / "demo")
+    viewer = napari.current_viewer()
+    try:
+        assert [layer.name for layer in viewer.layers][:1] == ["demo-slide"]
+        widget = viewer.window._dock_widgets["SAM-Lung segmentation (napari-samlung)"].widget()
+        assert widget.segment.checkpoint.text() == str(tmp_path / "demo" / "models" / "initial.pt")
+    finally:
+        viewer.close()

@@ -7,6 +7,7 @@ Runs under Xvfb (``xvfb-run -a python -m pytest tests/test_gui_*.py``) with the 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from napari_samlung.gui.layers import ROLE
 from napari_samlung.gui.settings import load_settings
 from napari_samlung.inference.classmap import ClassMap, results_dir
 from napari_samlung.labels import IGNORE, TUMOR
+from napari_samlung.slide import Slide
 
 pytestmark = pytest.mark.gui
 
@@ -211,14 +213,24 @@ def test_unapplied_draft_survives_closing_napari_and_is_offered_again(make_napar
 
 
 def test_cancelled_full_slide_run_resumes_where_it_stopped(make_napari_viewer, qtbot, demo_slide,
-                                                           tiny_checkpoint):
+                                                           tiny_checkpoint, monkeypatch):
+    from napari_samlung.inference import classmap
+
+    monkeypatch.setattr(classmap, "CHUNK", 256)  # several chunks on this small slide, some done by the cancel
+    read_scaled = Slide.read_scaled
+
+    def slow_read(self, *args):  # a slide slow enough that the cancel lands before the run ends
+        time.sleep(0.05)
+        return read_scaled(self, *args)
+
+    monkeypatch.setattr(Slide, "read_scaled", slow_read)
     viewer = make_napari_viewer()
     _, widget = ready_widget(viewer, demo_slide, tiny_checkpoint)
     widget.segment.batch_size.setValue(1)
     stopped = []
 
     def cancel_after_some_tiles(event):  # late enough that whole class-map chunks are finished
-        if getattr(event, "done", 0) >= 0.75 * getattr(event, "total", 1) and not stopped:
+        if getattr(event, "done", 0) >= 0.5 * getattr(event, "total", 1) and not stopped:
             stopped.append(event.done)
             widget.segment.cancel_button.click()
 
