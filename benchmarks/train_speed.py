@@ -1,6 +1,6 @@
 """Images/s and peak memory of samlung-finetune's training step.
 
-The step is the trainer's own: uint8 (B, H, W, 3) batch already on the device -> normalize ->
+The step is the trainer's own (``training.engine.train_step``): uint8 (B, H, W, 3) batch already on the device -> normalize ->
 SAM-Lung forward under autocast -> 0.5 Dice + 0.5 cross-entropy -> backward -> SGD step on the
 adapters and head (GradScaler with float16). Data loading is left out: it runs in DataLoader
 workers, ahead of the device.
@@ -17,10 +17,8 @@ Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, peak RSS growth on the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,8 +27,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from napari_samlung.model import SamLung, SamLungConfig, normalize  # noqa: E402
+from model_speed import median_seconds  # noqa: E402
+from napari_samlung.model import SamLung, SamLungConfig  # noqa: E402
+from training.engine import train_step  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,17 +76,7 @@ def measure_train_step(
     labels = torch.randint(0, 2, (batch_size, size, size), dtype=torch.uint8, device=dev)
 
     def step() -> None:
-        x = normalize(images, config)
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-        with autocast:
-            logits = model(x)
-        loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(model, config, criterion, optimizer, scaler, images, labels, amp_dtype)
 
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -99,20 +90,7 @@ def measure_train_step(
         torch.cuda.synchronize(dev)
     if compile:
         compile_s = time.perf_counter() - started  # compilation happens in the first steps
-    times = []
-    for _ in range(iters):
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
+    median = median_seconds(step, dev, iters, warmup=0)
     result: dict[str, Any] = {
         "benchmark": "train_step", "preset": preset, "batch_size": batch_size, "img_size": size,
         "dtype": dtype,

@@ -159,3 +159,15 @@ def test_bad_regions_are_refused(slide, tmp_path, region, needle):
                                           ("--mpp", "0")])
 def test_non_positive_sizes_are_refused(slide, option, value):
     one_line_error(samlung("segment", slide, "--preset", "tiny", option, value), option)
+
+
+def test_under_torchrun_each_rank_takes_its_share_of_the_slides(slide, tmp_path):
+    import os
+    import shutil
+
+    slides = [shutil.copy(slide, tmp_path / f"s{i}.svs") for i in range(3)]
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}  # what torchrun sets
+    done = samlung("segment", *slides, "--preset", "tiny", "--device", "cpu", "--no-export", "-o", tmp_path / "out",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1.samlung"]  # slides[1::2]

@@ -55,7 +55,7 @@ def test_demo_gui_opens_the_slide_with_the_widget_docked(tmp_path, monkeypatch, 
     viewer = napari.current_viewer()
     try:
         assert [layer.name for layer in viewer.layers][:1] == ["demo-slide"]
-        widget = viewer.window._dock_widgets["SAM-Lung segmentation (napari-samlung)"].widget()
+        widget = viewer.window.dock_widgets["SAM-Lung segmentation (napari-samlung)"]
         assert widget.segment.checkpoint.text() == str(tmp_path / "demo" / "models" / "initial.pt")
     finally:
         viewer.close()

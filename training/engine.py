@@ -37,6 +37,31 @@ class EpochProgress:
     print_freq: int
 
 
+def train_step(
+    model: nn.Module,
+    config: SamLungConfig,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """One optimizer step on a uint8 (B, H, W, 3) batch already on the device; returns the loss
+    (still on the device: reading it would wait for the GPU)."""
+    x = normalize(images, config)
+    if images.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(images.device, amp_dtype):
+        logits = model(x)
+    loss = criterion(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def train_one_epoch(
     model: nn.Module,
     config: SamLungConfig,
@@ -63,16 +88,7 @@ def train_one_epoch(
     for step, (images, labels) in enumerate(itertools.islice(loader, progress.steps), start=1):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        x = normalize(images, config)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            logits = model(x)
-        loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss = train_step(model, config, criterion, optimizer, scaler, images, labels, amp_dtype)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         window += torch.stack([loss.detach().double(), loss.new_ones((), dtype=torch.float64),
