@@ -76,8 +76,6 @@ def engine_check(device: str) -> dict:
     """The engine's class map on ``device`` (bf16 on CUDA) against the CPU's (float32), tiny model."""
     import tempfile
 
-    import numpy as np
-
     from napari_samlung.inference.engine import SegmentationParams, segment
     from napari_samlung.inference.predictor import TilePredictor
     from napari_samlung.model import SamLung, SamLungConfig

@@ -3,6 +3,7 @@ reductions. Everything here is a no-op in a single process."""
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -83,8 +84,13 @@ def init_distributed(
 
 
 def cleanup() -> None:
-    """Leave the process group, if one was joined."""
+    """Leave the process group, if one was joined.
+
+    DDP's reducer holds the group; it is freed first (it may sit in a reference cycle), since a
+    group destroyed under a live reducer can abort the process at exit.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -246,7 +246,6 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dist = init_distributed(args.device, args.distributed, args.dist_url, args.world_size)
-    device = dist.device
     logger = setup_logging(dist.is_main, output_dir)
     metrics = MetricsLog(output_dir / "metrics.jsonl" if dist.is_main else None)
     try:

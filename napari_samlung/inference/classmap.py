@@ -320,11 +320,3 @@ class ClassMap:
             if ky1 <= ky0 or kx1 <= kx0:
                 return
             yield k, (ky0, kx0, ky1 - ky0, kx1 - kx0), labels[ky0 * f - y::f, kx0 * f - x::f][: ky1 - ky0, : kx1 - kx0]
-
-    def rebuild_pyramid(self) -> None:
-        """Recompute every coarser level from level 0, chunk by chunk."""
-        h, w = self.shape
-        for cy in range(-(-h // self.chunk[0])):
-            for cx in range(-(-w // self.chunk[1])):
-                box = self.chunk_box(cy, cx)
-                self._write_pyramid(box, self.read(box))

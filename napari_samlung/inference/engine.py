@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator
 
@@ -387,7 +387,3 @@ def _postprocess(cm: ClassMap, raw, plan: Plan, params: SegmentationParams, prot
             yield Progress("postprocess", n, len(keys), writer.take_written())
     finally:
         writer.close()
-
-
-def plan_summary(plan: Plan) -> dict[str, Any]:
-    return asdict(plan)

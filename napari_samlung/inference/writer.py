@@ -16,13 +16,16 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from napari_samlung.inference.classmap import Box, ClassMap, intersect
 from napari_samlung.inference.stitching import Block
+
+if TYPE_CHECKING:
+    import zarr
 
 ChunkKey = tuple[int, int]
 PROTECT_REFRESH_S = 2.0
@@ -119,7 +122,7 @@ class ChunkWriter:
         protect: Callable[[], list[Box]] | None = None,
         progress_log: Path | None = None,
         log_prefix: str = "s",
-        target: "zarr.Array | None" = None,  # noqa: F821 - another array than level 0 (raw labels)
+        target: zarr.Array | None = None,  # write here instead of level 0 (raw labels before post-processing)
     ):
         self.classmap, self.box = classmap, box
         self.done = set(done)
@@ -174,10 +177,6 @@ class ChunkWriter:
         self._raise_if_failed()
         if self._pyramid is not None:
             self._pyramid.flush()
-
-    @property
-    def incomplete_chunks(self) -> int:
-        return len(self._buffers)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
