@@ -136,9 +136,12 @@ def main() -> int:
                                   f"e.bench_slide(Path({str(cache)!r}), {args.slide_size})"])
 
     def check_model():
-        if dev == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
-        return model_speed.check_outputs(preset, dev, img_size=img)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 for the comparison
+        try:
+            return model_speed.check_outputs(preset, dev, img_size=img)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
 
     batch, train_batch = (2, 2) if args.dry_run else (16, 8)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_samlung.inference.classmap import Box, ClassMap
+from napari_samlung.metrics import dice_score as dice
 
 SLIDE_SIDE = 2048
 REGION_SIDE = 768  # the corrected region: 3 x 3 tiles of the tiny model
@@ -57,13 +58,6 @@ class DemoPaths:
     @property
     def finetune(self) -> Path:
         return self.root / "finetune"
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of the tumor class; 1.0 when both are empty."""
-    p, t = pred == 1, truth == 1
-    total = p.sum() + t.sum()
-    return 1.0 if total == 0 else float(2 * (p & t).sum() / total)
 
 
 def pick_region(truth: np.ndarray, side: int) -> Box:
