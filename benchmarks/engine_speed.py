@@ -2,14 +2,14 @@
 
 1. overhead: with a model that does nothing, the engine's megapixels/s over a large generated
    JPEG slide, divided by the megapixels/s of simply decoding the same level with tifffile's own
-   threaded decoder (target >= 0.8);
+   threaded decoder (target >= 0.8); and the tensor operations the engine dispatches per tile;
 2. memory: peak RSS of segmenting a slide 4x larger in area, divided by the smaller one's, each in
    a fresh process (target <= 1.2);
 3. --gpu: whole-slide images/s with a real preset divided by the model-only images/s of the same
    model, batch and dtype, in the same process (target >= 0.9).
 
 Usage: python benchmarks/engine_speed.py [--size 20000] [--tile 1024] [--overlap 128]
-       [--workers N] [--skip-memory] [--gpu --preset vit_b --batch-size 16 --compile] [--json PATH]
+       [--workers N] [--skip-memory] [--gpu --preset vit_b --batch-size 16 --compile --attention flex] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from torch import nn
 
 import model_speed
 from napari_samlung.inference.engine import SegmentationParams, segment
+from napari_samlung.inference.loader import TileLoader
 from napari_samlung.inference.predictor import TilePredictor
+from napari_samlung.inference.tiling import TileGrid
 from napari_samlung.model import SamLung, SamLungConfig
 from napari_samlung.sample_data import write_demo_slide
 from napari_samlung.slide import open_slide
@@ -85,27 +87,97 @@ def null_predictor(tile: int) -> TilePredictor:
     return TilePredictor(NullModel(), config, "cpu", info={"model": "null"})
 
 
+def loader_mpix_s(path: Path, args: argparse.Namespace) -> float:
+    """Megapixels/s of the engine's tile loader alone over level 0: read, decode, batch; nothing else."""
+    with open_slide(path) as slide:
+        grid = TileGrid((0, 0, *slide.shape), args.tile, args.overlap)
+
+        def read(rc: tuple[int, int]):
+            y, x, _, _ = grid.tile_box(*rc)
+            return slide.read_scaled(y, x, args.tile, args.tile, 1.0)
+
+        t = time.perf_counter()
+        for _ in TileLoader(list(grid.tiles()), read, tile=args.tile, batch_size=args.cpu_batch, workers=args.workers):
+            pass
+        return slide.shape[0] * slide.shape[1] / (time.perf_counter() - t) / 1e6
+
+
 def overhead(path: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     decode = max(tifffile_decode_mpix_s(path, args.workers) for _ in range(2))
     params = SegmentationParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.cpu_batch,
                                 workers=args.workers)
     run = engine_run(path, null_predictor(args.tile), params, workdir / "null.samlung")
+    loader = loader_mpix_s(path, args)
     return dict(decode_mpix_s=decode, engine_mpix_s=run["mpix_s"], ratio=run["mpix_s"] / decode,
-                engine_seconds=run["seconds"], tiles=run["tiles"])
+                engine_seconds=run["seconds"], tiles=run["tiles"], loader_mpix_s=loader, loader_ratio=loader / decode)
+
+
+VIEW_OPS = {"alias", "as_strided", "detach", "expand", "lift_fresh", "permute", "select", "slice", "squeeze",
+            "t", "transpose", "unsqueeze", "view", "_unsafe_view"}
+
+
+def engine_ops_per_tile(path: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Tensor operations the engine itself dispatches per model tile (normalization and model left
+    out): on a GPU each one that is not a view is a kernel launch by the host thread."""
+    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            self.ops[name] = self.ops.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    class Uncounted(TilePredictor):
+        def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+            with _disable_current_modes():
+                return super().__call__(tiles)
+
+    config = SamLungConfig.tiny(img_size=args.tile)
+    predictor = Uncounted(NullModel(), config, "cpu", info={"model": "null"})
+    params = SegmentationParams(tile_size=args.tile, overlap=args.overlap, batch_size=16, workers=args.workers,
+                                skip_background=False)
+    counter = Count()
+    with counter:
+        run = engine_run(path, predictor, params, workdir / "ops.samlung")
+    tiles = run["tiles"]["model"]
+    kernels = sum(n for name, n in counter.ops.items() if name not in VIEW_OPS)
+    return dict(tiles=tiles, ops_per_tile=sum(counter.ops.values()) / tiles, kernels_per_tile=kernels / tiles,
+                ops=counter.ops)
 
 
 def child_peak_rss(path: Path, args: argparse.Namespace, workdir: Path) -> float:
-    """Peak RSS (MiB) of a fresh process segmenting ``path`` with the null model."""
+    """Peak RSS (MiB) of a fresh process segmenting ``path`` with the null model.
+
+    Read from the child's own ``VmHWM``: ``ru_maxrss`` would also count the pages the child shared
+    with this (possibly large) process between fork and exec.
+    """
     code = (
-        "import resource, sys; from pathlib import Path; sys.path.insert(0, %r);"
+        "import sys; from pathlib import Path; sys.path.insert(0, %r);"
         "import engine_speed as e; from napari_samlung.inference.engine import SegmentationParams;"
         "e.engine_run(Path(%r), e.null_predictor(%d), SegmentationParams(tile_size=%d, overlap=%d, batch_size=%d,"
         " workers=%d), Path(%r));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(e.peak_rss_kib())"
     ) % (str(Path(__file__).parent), str(path), args.tile, args.tile, args.overlap, args.cpu_batch, args.workers,
          str(workdir / f"rss-{path.stem}.samlung"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory since its exec (Linux ``VmHWM``; elsewhere ``ru_maxrss``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnose: bool = False) -> dict[str, Any]:
@@ -119,7 +191,7 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnos
     from napari_samlung.inference.writer import ChunkWriter
 
     torch.manual_seed(0)
-    model = SamLung(getattr(SamLungConfig, args.preset)())
+    model = SamLung(getattr(SamLungConfig, args.preset)()).set_attention(args.attention)
     device = getattr(args, "device", "cuda")
     predictor = TilePredictor(model, model.config, device, compile=args.compile, info={"preset": args.preset})
     params = SegmentationParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch_size,
@@ -131,7 +203,7 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnos
     x = torch.randint(0, 256, (args.batch_size, args.tile, args.tile, 3), dtype=torch.uint8, device=device)
     model_only = args.batch_size / model_speed.median_seconds(lambda: predictor(x), torch.device(device), 10, 3)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    result = dict(device=name, preset=args.preset, batch=args.batch_size, compile=args.compile,
+    result = dict(device=name, preset=args.preset, batch=args.batch_size, compile=args.compile, attention=args.attention,
                   whole_slide_images_per_s=run["images_per_s"], model_only_images_per_s=model_only,
                   ratio=run["images_per_s"] / model_only, seconds=run["seconds"], tiles=run["tiles"])
     if diagnose:
@@ -145,7 +217,7 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnos
         try:
             result["no_writing_images_per_s"] = engine_run(path, predictor, params, workdir / "d1.samlung")["images_per_s"]
             stitcher_add = engine_module.Stitcher.add
-            engine_module.Stitcher.add = lambda self, r, c, kind, scores=None: []
+            engine_module.Stitcher.add = lambda self, r, c, kind, probs=None: []
             try:
                 result["no_stitching_images_per_s"] = engine_run(path, predictor, params,
                                                                  workdir / "d2.samlung")["images_per_s"]
@@ -170,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=("vit_b", "tiny"), default="vit_b")
     parser.add_argument("--batch-size", type=int, default=16, help="GPU batch")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile on the GPU")
+    parser.add_argument("--attention", choices=("fast", "flex"), default="fast",
+                        help="the GPU model's attention (flex is fast only with --compile)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_overhead:
             r = results["overhead"] = overhead(large, args, workdir)
             print(f"overhead: tifffile decode {r['decode_mpix_s']:.1f} MPix/s, engine (null model) "
-                  f"{r['engine_mpix_s']:.1f} MPix/s, ratio {r['ratio']:.2f} (target >= 0.8)", flush=True)
+                  f"{r['engine_mpix_s']:.1f} MPix/s, ratio {r['ratio']:.2f} (target >= 0.8); the tile loader alone "
+                  f"{r['loader_mpix_s']:.1f} MPix/s ({r['loader_ratio']:.2f})", flush=True)
+            small = bench_slide(args.cache_dir, args.size // 2)
+            r = results["engine_ops"] = engine_ops_per_tile(small, args, workdir)
+            print(f"engine's own tensor ops per tile ({args.size // 2}^2 slide, batch 16): {r['ops_per_tile']:.1f}, "
+                  f"of which not views (kernel launches on a GPU) {r['kernels_per_tile']:.1f}", flush=True)
         if not args.skip_memory:
             small = bench_slide(args.cache_dir, args.size // 2)
             rss_small, rss_large = child_peak_rss(small, args, workdir), child_peak_rss(large, args, workdir)

@@ -7,10 +7,13 @@ Runs, in order of importance, each stage guarded by the time left (results are w
    CPU float32 reference; the engine's class map on CUDA against the CPU's (tiny model);
 2. the peer anchors in this run: the official SAM encoder's eager bf16 row and the SAM-Lung-shaped
    inference row from ``gpu_anchor.py`` (its own code, imported), and ``gpu_train.py --eager-only``;
-3. SamLung vit_b inference, bf16, batch 16, eager and compiled (fast attention);
-4. the whole-slide engine on a generated 20,000 x 20,000 JPEG slide against the model alone;
-5. the fine-tuning program's training step (train_speed.py), vit_b, bf16, batch 8: compiled with
-   block checkpointing, and eager.
+3. SamLung vit_b inference, bf16, batch 16: eager, and compiled with fast (folded) and with flex
+   attention (FlexAttention in the global blocks);
+4. the whole-slide engine on a generated 20,000 x 20,000 JPEG slide against the model alone, with
+   the attention that was faster compiled in this run;
+5. compiled flex attention's logits against the CPU float32 reference;
+6. the fine-tuning program's training step (train_speed.py), vit_b, bf16, batch 8: compiled with
+   block checkpointing, and eager; compiled inference with the reference attention.
 
 Usage (on the GPU machine): python benchmarks/gpu_suite.py --anchors DIR --budget 330
 """
@@ -145,10 +148,16 @@ def main() -> int:
 
     batch, train_batch = (2, 2) if args.dry_run else (16, 8)
 
+    def fastest_compiled_attention() -> str:
+        rates = {mode: RESULTS["stages"].get(f"infer_{mode}_compiled_b16", {}).get("result", {}).get("images_per_s", 0)
+                 for mode in ("fast", "flex")}
+        return max(rates, key=rates.get) if any(rates.values()) else "fast"
+
     def engine_gpu():
         slide_job.wait(timeout=max(1.0, deadline - time.monotonic() - 40))
         ns = argparse.Namespace(preset=preset, tile=img, overlap=img // 8, batch_size=batch,
-                                workers=min(16, os.cpu_count() or 2), compile=not args.dry_run, device=dev)
+                                workers=min(16, os.cpu_count() or 2), compile=not args.dry_run, device=dev,
+                                attention=fastest_compiled_attention())
         with tempfile.TemporaryDirectory() as tmp:
             return engine_speed.gpu_utilisation(cache / f"bench-{args.slide_size}.svs", ns, Path(tmp), diagnose=True)
 
@@ -171,7 +180,11 @@ def main() -> int:
          lambda: model_speed.time_config(preset, dev, "infer", "fast", batch, img, "bfloat16", False)),
         ("infer_fast_compiled_b16", 80,
          lambda: model_speed.time_config(preset, dev, "infer", "fast", batch, img, "bfloat16", True, warmup=2)),
+        ("infer_flex_compiled_b16", 80,
+         lambda: model_speed.time_config(preset, dev, "infer", "flex", batch, img, "bfloat16", True, warmup=2)),
         ("engine_whole_slide", 60, engine_gpu),
+        ("check_flex_compiled", 60,
+         lambda: model_speed.check_outputs(preset, dev, img_size=img, compile=True, attention="flex")),
         ("anchor_gpu_train", 40, lambda: run_anchor(args.anchors, "gpu_train.py", 60, args.dry_run)),
         ("train_step_compiled_ckpt_b8", 90, train_fresh_process),
         ("train_step_eager_b8", 15,

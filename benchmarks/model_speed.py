@@ -1,6 +1,6 @@
 """SAM-Lung speed: images/s and peak memory for inference and for a training step.
 
-Times reference vs fast attention for one preset / device / batch / dtype and prints a table.
+Times reference vs fast (or flex) attention for one preset / device / batch / dtype and prints a table.
 Random weights (no SAM file needed): speed does not depend on the values.
 
     python benchmarks/model_speed.py --preset tiny --device cpu
@@ -198,8 +198,8 @@ def _randomized_for_check(preset: str, seed: int = 0) -> SamLung:
 
 
 def check_outputs(preset: str = "tiny", device: str = "cpu", img_size: int | None = None, batch_size: int = 1,
-                  compile: bool = False) -> list[dict[str, Any]]:
-    """Relative error of the device's logits (float32 and bf16 autocast, fast attention) against
+                  compile: bool = False, attention: str = "fast") -> list[dict[str, Any]]:
+    """Relative error of the device's logits (float32 and bf16 autocast, ``attention``) against
     the CPU float32 reference-attention logits for a fixed input."""
     model = _randomized_for_check(preset)
     size = img_size or model.config.img_size
@@ -207,7 +207,7 @@ def check_outputs(preset: str = "tiny", device: str = "cpu", img_size: int | Non
     with torch.no_grad():
         want = model.set_attention("reference")(x)
     dev = torch.device(device)
-    model.to(dev).set_attention("fast")
+    model.to(dev).set_attention(attention)
     if compile:
         model.compile_blocks()
     rows = []
@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, default=None,
                         help="tile side (default: the preset's img_size)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="autocast dtype")
-    parser.add_argument("--attention", choices=["both", "fast", "reference"], default="both")
+    parser.add_argument("--attention", choices=["both", "fast", "reference", "flex"], default="both",
+                        help="flex: FlexAttention in the global blocks, fast only with --compile")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile of the encoder blocks")
     parser.add_argument("--checkpointing", action="store_true",
                         help="activation checkpointing per block (training)")

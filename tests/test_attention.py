@@ -1,4 +1,4 @@
-"""Folded ("fast") attention computes what the plain reference math computes."""
+"""Folded ("fast") and FlexAttention ("flex") attention compute what the plain reference math computes."""
 
 from __future__ import annotations
 
@@ -20,20 +20,28 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).norm() / want.norm()).item()
 
 
+FLEX_EAGER = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+
+
+@FLEX_EAGER
+@pytest.mark.parametrize("mode", ["fast", "flex"])
 @pytest.mark.parametrize("grid", [(7, 7), (6, 9), (5, 3)])
-def test_fast_attention_equals_reference_on_a_token_grid(grid: tuple[int, int]) -> None:
+def test_attention_equals_reference_on_a_token_grid(mode: str, grid: tuple[int, int]) -> None:
     torch.manual_seed(0)
     attn = randomize_positions_(RelPosAttention(dim=48, num_heads=3, input_size=7))
     x = torch.randn(2, *grid, 48)
-    attn.mode = "reference"
-    want = attn(x)
-    attn.mode = "fast"
-    got = attn(x)
+    with torch.no_grad():  # flex runs without gradients only
+        attn.mode = "reference"
+        want = attn(x)
+        attn.mode = mode
+        got = attn(x)
     assert relative_error(got, want) <= 1e-5
 
 
+@FLEX_EAGER
+@pytest.mark.parametrize("mode", ["fast", "flex"])
 @pytest.mark.parametrize("size", [(256, 256), (336, 272), (512, 400)])
-def test_fast_encoder_equals_reference_windowed_and_global_at_any_tile_size(size: tuple[int, int]) -> None:
+def test_encoder_equals_reference_windowed_and_global_at_any_tile_size(mode: str, size: tuple[int, int]) -> None:
     # tiny: window 4, img_size 256; 336x272 -> 21x17 tokens, so windows are padded and the
     # global blocks' relative-position tables are interpolated (trained for 16x16).
     torch.manual_seed(0)
@@ -41,21 +49,28 @@ def test_fast_encoder_equals_reference_windowed_and_global_at_any_tile_size(size
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         want = model.set_attention("reference").image_encoder(x)
-        got = model.set_attention("fast").image_encoder(x)
+        got = model.set_attention(mode).image_encoder(x)
     assert relative_error(got, want) <= 1e-5
 
 
-def test_fast_attention_keeps_its_gradients_equal_to_reference() -> None:
+def test_flex_mode_puts_flex_in_the_global_blocks_only() -> None:
+    model = SamLung(SamLungConfig.tiny()).set_attention("flex")
+    modes = {block.window_size > 0: block.attn.mode for block in model.image_encoder.blocks}
+    assert modes == {True: "fast", False: "flex"}
+
+
+@pytest.mark.parametrize("mode", ["fast", "flex"])  # flex is for inference: it trains through the folded path
+def test_attention_gradients_equal_the_reference_ones(mode: str) -> None:
     torch.manual_seed(0)
     attn = randomize_positions_(RelPosAttention(dim=32, num_heads=2, input_size=4))
     x = torch.randn(1, 5, 6, 32)
     grads = {}
-    for mode in ("reference", "fast"):
+    for m in ("reference", mode):
         attn.zero_grad()
-        attn.mode = mode
+        attn.mode = m
         attn(x).square().sum().backward()
-        grads[mode] = [p.grad.clone() for p in attn.parameters()]
-    for got, want in zip(grads["fast"], grads["reference"]):
+        grads[m] = [p.grad.clone() for p in attn.parameters()]
+    for got, want in zip(grads[mode], grads["reference"]):
         assert relative_error(got, want) <= 1e-5
 
 
@@ -95,3 +110,4 @@ def test_window_partition_pads_and_unpartition_restores_the_grid() -> None:
 def test_set_attention_rejects_unknown_modes() -> None:
     with pytest.raises(ValueError, match="attention mode"):
         SamLung(SamLungConfig.tiny()).set_attention("flash")
+

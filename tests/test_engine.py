@@ -90,12 +90,12 @@ def test_stitcher_gives_the_weighted_average_of_overlapping_tiles(box, tile, ove
         if (r, c) in background:
             blocks = stitcher.add(r, c, TileKind.BACKGROUND)
         else:
-            blocks = stitcher.add(r, c, TileKind.MODEL, stitcher.scores(logits[r, c][None])[0])
+            blocks = stitcher.add(r, c, TileKind.MODEL, stitcher.probabilities(logits[r, c][None])[0])
         for block in blocks:
             y, x, bh, bw = block.box
             assert (out[y:y + bh, x:x + bw] == 99).all(), "a pixel was finished twice"
             out[y:y + bh, x:x + bw] = 0 if block.labels is None else block.labels.numpy()
-    assert stitcher.open_cells == 0
+    assert stitcher.rows_done == grid.shape[0]
     assert (out[y0:y0 + h, x0:x0 + w] == canvas.argmax(0)[y0:y0 + h, x0:x0 + w]).all()
     assert (out == 99).sum() == out.size - h * w, "pixels outside the box were written"
 

@@ -191,3 +191,13 @@ def test_compiled_blocks_match_eager_in_inference_and_in_checkpointed_training()
     want = _gradients(eager, x, target)
     got = _gradients(compiled.set_block_checkpointing(True), x, target)
     assert ((got - want).norm() / want.norm()).item() <= 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_flex_attention_matches_eager_reference_in_inference() -> None:
+    eager = _deterministic_tiny()
+    compiled = copy.deepcopy(eager).set_attention("flex").compile_blocks()
+    x = torch.randn(2, 3, 256, 256)
+    with torch.inference_mode():
+        want, got = eager.set_attention("reference").eval()(x), compiled.eval()(x)
+    assert ((got - want).norm() / want.norm()).item() <= 1e-5

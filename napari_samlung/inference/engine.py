@@ -338,20 +338,20 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
                         pin_memory=cuda, full_batches=predictor.compiled)
     pointer = 0
 
-    def advance(until: int, scores: torch.Tensor | None, batch: dict) -> list[Block]:
+    def advance(until: int, probs: torch.Tensor | None, batch: dict) -> list[Block]:
         nonlocal pointer
         blocks: list[Block] = []
         while pointer <= until:
             rc = order[pointer]
             kind = kinds[rc]
-            blocks += stitcher.add(*rc, kind, scores[batch[pointer]] if kind is TileKind.MODEL else None)
+            blocks += stitcher.add(*rc, kind, probs[batch[pointer]] if kind is TileKind.MODEL else None)
             pointer += 1
         return blocks
 
     for items, tiles in loader:
         if cancel is not None and cancel.is_set():
             raise _Cancelled
-        scores = stitcher.scores(predictor(tiles))
+        probs = stitcher.probabilities(predictor(tiles))
         if cuda:
             event = torch.cuda.Event()
             event.record()
@@ -359,7 +359,7 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
         else:
             loader.release(None)
         batch = {i: j for j, (i, _) in enumerate(items)}
-        writer.submit(advance(items[-1][0], scores, batch))
+        writer.submit(advance(items[-1][0], probs, batch))
         yield Progress("segment", pointer, len(order), writer.take_written())
     if cancel is not None and cancel.is_set():
         raise _Cancelled

@@ -1,10 +1,11 @@
 """Blend tile predictions into final labels, on the device that ran the model.
 
-Cells covered by one tile take the arg-max of that tile's logits directly. Cells shared by two
-or four tiles accumulate ``weight * softmax(logits)`` until every covering tile has arrived
-(the weights sum to one, see ``tiling.py``), then take the arg-max (for a binary model: whether
-the blended tumor probability exceeds one half). Only open shared cells are
-kept, so memory follows the frontier of the row-major tile order, not the slide.
+Tiles arrive in row-major order. Their class probabilities, times the blending ramps (which sum
+to one over the tiles that cover a pixel, see ``tiling.py``), are added into a *band* one tile
+tall and as wide as the box, on the device: one fused multiply-add per tile. When a row of tiles
+is complete, the band's rows that no later tile reaches are final; their arg-max (for a binary
+model: whether the blended tumor probability exceeds one half) leaves as one block, and the band
+moves down by one stride. Memory follows the box's width, never its height.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from enum import Enum
 
 import torch
 
-from napari_samlung.inference.tiling import Box, Cell, TileGrid
+from napari_samlung.inference.tiling import Box, TileGrid
 
 
 class TileKind(Enum):
     MODEL = "model"  # the model ran on this tile
     BACKGROUND = "background"  # no tissue: certain background, the model did not run
-    DONE = "done"  # every pixel of the tile is already on disk (resumed run): contributes nothing
+    DONE = "done"  # every chunk the tile touches is already on disk (resumed run): contributes nothing
 
 
 @dataclass
@@ -29,14 +30,6 @@ class Block:
 
     box: Box
     labels: torch.Tensor | None
-
-
-@dataclass
-class _Open:
-    remaining: int
-    acc: torch.Tensor | None = None  # (C, h, w) float32 sum of weighted probabilities
-    background: torch.Tensor | None = None  # (h, w) weight still owed to class 0
-    done: bool = False  # a tile that was skipped as already written covers it
 
 
 def argmax_channels(x: torch.Tensor) -> torch.Tensor:
@@ -52,82 +45,88 @@ def argmax_channels(x: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def softmax_channels(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 0 of (C, h, w) logits, by elementwise operations."""
-    top = logits[0]
-    for c in range(1, logits.shape[0]):
-        top = torch.maximum(top, logits[c])
-    e = torch.exp(logits - top)
-    return e.div_(e.sum(0))
-
-
 class Stitcher:
-    """Turn per-tile model output into final label blocks.
+    """Turn per-tile model output, tile by tile in row-major order, into final label blocks.
 
-    For a binary model a tile is represented by one score plane, ``logit(tumor) - logit(background)``:
-    its sign decides single-tile cells, and shared cells accumulate ``weight * sigmoid(score)``
-    (the blended tumor probability; class 0 is one minus it since the weights sum to one). For more
-    classes, shared cells accumulate ``weight * softmax(logits)`` over all classes.
+    A binary model's tiles are represented by one plane, the tumor probability; class 0 is one
+    minus it, since the weights sum to one. For more classes the band holds every class's
+    weighted probability, and a background tile adds its weight to class 0.
+    A tile that is already on disk (``DONE``) adds nothing: every chunk it touches is skipped by
+    the writer, so the partial sums next to it are never written.
     """
 
     def __init__(self, grid: TileGrid, num_classes: int, device: torch.device | str):
         self.grid = grid
         self.binary = num_classes == 1
         self.device = torch.device(device)
-        self._wy = [torch.from_numpy(grid.rows.weights(i)).to(self.device) for i in range(grid.rows.count)]
-        self._wx = [torch.from_numpy(grid.cols.weights(i)).to(self.device) for i in range(grid.cols.count)]
-        self._open: dict[tuple[int, int], _Open] = {}
+        channels = 1 if self.binary else num_classes + 1
+        self._band = torch.zeros((channels, grid.tile, grid.box[3]), dtype=torch.float32, device=self.device)
+        self._live = False  # whether the band holds anything but zeros
+        self._row, self._added = 0, 0  # the tile row in the band, and how many of its tiles are in
+        self._weights: dict[tuple[bool, ...], torch.Tensor] = {}
+        self._probs: torch.Tensor | None = None
 
     @property
-    def open_cells(self) -> int:
-        return len(self._open)
+    def rows_done(self) -> int:
+        """Tile rows finished so far (all of them once the last tile is in)."""
+        return self._row
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """What :meth:`add` takes per tile, for a (B, C, T, T) batch of logits, in one pass."""
-        if self.binary:
-            return logits[:, 1].float() - logits[:, 0].float()
-        return logits.float()
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """What :meth:`add` takes per tile, for a (B, C, T, T) batch of logits, in one pass:
+        (B, T, T) tumor probabilities for a binary model, else (B, C, T, T) softmax."""
+        if not self.binary:
+            return torch.softmax(logits.float(), dim=1)
+        shape = (logits.shape[0], *logits.shape[2:])
+        if self._probs is None or self._probs.shape != shape:  # reused: the last batch is stitched by now
+            self._probs = torch.empty(shape, dtype=torch.float32, device=self.device)
+        torch.sub(logits[:, 1].float(), logits[:, 0].float(), out=self._probs)  # bf16 logits: subtract in float32
+        return torch.sigmoid_(self._probs)
 
-    def add(self, r: int, c: int, kind: TileKind, scores: torch.Tensor | None = None) -> list[Block]:
-        """Add tile (r, c); ``scores`` (from :meth:`scores`) when ``kind`` is MODEL. Returns finished blocks."""
-        ty, tx, _, _ = self.grid.tile_box(r, c)
-        out: list[Block] = []
-        for cell in self.grid.cells_of(r, c):
-            y, x, h, w = cell.box
-            ys, xs = slice(y - ty, y - ty + h), slice(x - tx, x - tx + w)
-            if len(cell.tiles) == 1:
-                if kind is TileKind.MODEL:
-                    part = scores[..., ys, xs]
-                    out.append(Block(cell.box, (part > 0).view(torch.uint8) if self.binary else argmax_channels(part)))
-                elif kind is TileKind.BACKGROUND:
-                    out.append(Block(cell.box, None))
-                continue
-            state = self._open.setdefault(cell.key, _Open(remaining=len(cell.tiles)))
-            if kind is TileKind.DONE:
-                state.done = True
-            else:
-                weight = self._wy[r][ys, None] * self._wx[c][None, xs]
-                if kind is TileKind.MODEL:
-                    part = scores[..., ys, xs]
-                    contribution = (torch.sigmoid(part) if self.binary else softmax_channels(part)).mul_(weight)
-                    state.acc = contribution if state.acc is None else state.acc.add_(contribution)
-                elif not self.binary:  # background adds nothing to P(tumor); else owed to class 0
-                    state.background = weight if state.background is None else state.background + weight
-            state.remaining -= 1
-            if state.remaining == 0:
-                del self._open[cell.key]
-                block = self._finish(cell, state)
-                if block is not None:
-                    out.append(block)
-        return out
+    def add(self, r: int, c: int, kind: TileKind, probs: torch.Tensor | None = None) -> list[Block]:
+        """Add tile (r, c), with ``probs`` (from :meth:`probabilities`) when ``kind`` is MODEL.
 
-    def _finish(self, cell: Cell, state: _Open) -> Block | None:
-        if state.done:  # its pixels are on disk already
-            return None
-        if state.acc is None:
-            return Block(cell.box, None)
-        if self.binary:
-            return Block(cell.box, (state.acc > 0.5).view(torch.uint8))
-        if state.background is not None:
-            state.acc[0].add_(state.background)
-        return Block(cell.box, argmax_channels(state.acc))
+        Returns the blocks that became final: the band's finished rows after a row's last tile.
+        """
+        if (r, c) != (self._row, self._added):
+            raise ValueError(f"tiles must come in row-major order: expected {(self._row, self._added)}, got {(r, c)}")
+        x = self.grid.cols.positions[c] - self.grid.box[1]
+        width = min(self.grid.tile, self._band.shape[-1] - x)
+        if kind is TileKind.MODEL:
+            weight = self._weight(r, c)[:, :width]
+            band = self._band[0, :, x:x + width] if self.binary else self._band[:, :, x:x + width]
+            band.addcmul_(probs[..., :width], weight)
+            self._live = True
+        elif kind is TileKind.BACKGROUND and not self.binary:  # a binary band stores P(tumor): nothing to add
+            self._band[0, :, x:x + width].add_(self._weight(r, c)[:, :width])
+            self._live = True
+        self._added += 1
+        return self._finish_row() if self._added == self.grid.cols.count else []
+
+    def _weight(self, r: int, c: int) -> torch.Tensor:
+        """The (tile, tile) blending weights; they depend only on whether a tile is at an edge."""
+        rows, cols = self.grid.rows, self.grid.cols
+        key = (r == 0, r == rows.count - 1, c == 0, c == cols.count - 1)
+        if key not in self._weights:
+            self._weights[key] = torch.from_numpy(self.grid.weights(r, c)).to(self.device)
+        return self._weights[key]
+
+    def _finish_row(self) -> list[Block]:
+        y0, x0, h, w = self.grid.box
+        tile, stride = self.grid.tile, self.grid.rows.stride
+        top = self._row * stride
+        last = self._row == self.grid.rows.count - 1
+        height = min(tile, h - top) if last else stride  # rows no later tile reaches
+        if not self._live:
+            labels = None
+        elif self.binary:
+            labels = (self._band[0, :height] > 0.5).view(torch.uint8)
+        else:
+            labels = argmax_channels(self._band[:, :height])
+        if not last and self._live:  # move down one stride: the overlap rows stay, the rest starts empty
+            keep = tile - stride  # <= stride: source and destination rows do not overlap
+            if keep:
+                self._band[:, :keep].copy_(self._band[:, stride:])
+            self._band[:, keep:].zero_()
+            self._live = keep > 0
+        self._row, self._added = self._row + 1, 0
+        return [Block((y0 + top, x0, height, w), labels)]

@@ -8,6 +8,9 @@ can pick a fused kernel (flash / memory-efficient) with no bias tensor:
 
 since q'.k'_j = scale * q.k_j + rel_h(q)[row(j)] + rel_w(q)[col(j)]. Widths are padded with
 zeros to a multiple of 8, which the fused kernels want.
+``flex``: FlexAttention adds the bias inside the kernel as a score modification, so the head
+width stays 64; folding a 64 x 64 global grid widens it to 192, three times the attention FLOPs.
+Fast only under ``torch.compile`` (which generates the fused kernel); eager it is the plain math.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTENTION_MODES = ("fast", "reference")
+ATTENTION_MODES = ("fast", "reference", "flex")
 
 
 def relative_position_table(table: torch.Tensor, size: int) -> torch.Tensor:
@@ -79,7 +82,7 @@ class RelPosAttention(nn.Module):
         grid_q = q.reshape(b, self.num_heads, h, w, self.head_dim)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, relative_position_table(self.rel_pos_h, h))
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, relative_position_table(self.rel_pos_w, w))
-        attend = self._folded if self.mode == "fast" else self._reference
+        attend = {"fast": self._folded, "reference": self._reference, "flex": self._flex}[self.mode]
         out = attend(q, k, v, rel_h.reshape(b, self.num_heads, n, h), rel_w.reshape(b, self.num_heads, n, w))
         return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
 
@@ -108,3 +111,20 @@ class RelPosAttention(nn.Module):
         v_aug = F.pad(v, (0, width - d))
         out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)
         return out[..., :d]
+
+    def _flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+        if q.requires_grad:  # an inference path: training keeps the folded kernels
+            return self._folded(q, k, v, rel_h, rel_w)
+        from torch.nn.attention.flex_attention import flex_attention  # torch >= 2.5
+
+        w = rel_w.shape[-1]
+        rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
+        # Compiled, the tables must reach the kernel as graph inputs: inductor's CPU template refuses
+        # score-mod buffers computed in the same graph. Eager, this does nothing.
+        torch._dynamo.graph_break()
+
+        def add_relative_positions(score, b, head, query, key):
+            return score + rel_h[b, head, query, key // w] + rel_w[b, head, query, key % w]
+
+        return flex_attention(q, k, v, score_mod=add_relative_positions, scale=self.scale)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .attention import ATTENTION_MODES, RelPosAttention
+from .attention import ATTENTION_MODES
 from .config import SamLungConfig
 from .encoder import SamImageEncoder
 from .head import PSPHead
@@ -63,12 +63,16 @@ class SamLung(nn.Module):
         return load_sam_weights(self, source, strict=strict)
 
     def set_attention(self, mode: str) -> SamLung:
-        """``"fast"`` (folded relative positions, fused SDPA kernels) or ``"reference"`` (plain math)."""
+        """How attention is computed (see ``attention.py``).
+
+        ``"fast"``: relative positions folded into fused SDPA kernels; ``"reference"``: the plain
+        math; ``"flex"``: FlexAttention in the global blocks (the windowed ones stay ``"fast"``),
+        for compiled inference on a GPU.
+        """
         if mode not in ATTENTION_MODES:
             raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
-        for m in self.modules():
-            if isinstance(m, RelPosAttention):
-                m.mode = mode
+        for block in self.image_encoder.blocks:
+            block.attn.mode = "fast" if mode == "flex" and block.window_size else mode
         return self
 
     def set_block_checkpointing(self, enabled: bool) -> SamLung:
