@@ -82,9 +82,9 @@ def engine_run(path: Path, predictor: TilePredictor, params: SegmentationParams,
                 images_per_s=result.tiles.get("model", 0) / seconds)
 
 
-def null_predictor(tile: int) -> TilePredictor:
+def null_predictor(tile: int, device: str = "cpu") -> TilePredictor:
     config = SamLungConfig.tiny(img_size=tile)
-    return TilePredictor(NullModel(), config, "cpu", info={"model": "null"})
+    return TilePredictor(NullModel(), config, device, info={"model": "null"})
 
 
 def loader_mpix_s(path: Path, args: argparse.Namespace) -> float:
@@ -102,13 +102,15 @@ def loader_mpix_s(path: Path, args: argparse.Namespace) -> float:
         return slide.shape[0] * slide.shape[1] / (time.perf_counter() - t) / 1e6
 
 
-def overhead(path: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def overhead(path: Path, args: argparse.Namespace, workdir: Path, device: str = "cpu") -> dict[str, Any]:
+    """The null-model engine against tifffile's decoding; on ``device`` "cuda" the normalization,
+    blending and arg-max run on the GPU, as in real GPU runs."""
     decode = max(tifffile_decode_mpix_s(path, args.workers) for _ in range(2))
     params = SegmentationParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.cpu_batch,
                                 workers=args.workers)
-    run = engine_run(path, null_predictor(args.tile), params, workdir / "null.samlung")
+    run = engine_run(path, null_predictor(args.tile, device), params, workdir / "null.samlung")
     loader = loader_mpix_s(path, args)
-    return dict(decode_mpix_s=decode, engine_mpix_s=run["mpix_s"], ratio=run["mpix_s"] / decode,
+    return dict(device=device, decode_mpix_s=decode, engine_mpix_s=run["mpix_s"], ratio=run["mpix_s"] / decode,
                 engine_seconds=run["seconds"], tiles=run["tiles"], loader_mpix_s=loader, loader_ratio=loader / decode)
 
 
@@ -180,12 +182,14 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnose: bool = False) -> dict[str, Any]:
+def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnose: bool = False,
+                    profile_to: Path | None = None) -> dict[str, Any]:
     """Whole-slide images/s over model-only images/s (timed as model_speed.py times), same model, batch,
     dtype and compiled code, in this process. The model-only figure includes normalization.
 
     ``diagnose`` adds runs with the chunk writing, then also the stitching, switched off (the
-    outputs are dropped), to show which stage holds the pipeline back.
+    outputs are dropped), to show which stage holds the pipeline back; ``profile_to`` a profiled
+    run over a small region (:func:`profile_region`).
     """
     from napari_samlung.inference import engine as engine_module
     from napari_samlung.inference.writer import ChunkWriter
@@ -225,7 +229,30 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnos
                 engine_module.Stitcher.add = stitcher_add
         finally:
             ChunkWriter._place_all = place
+    if profile_to is not None:
+        result["profile"] = profile_region(path, predictor, params, workdir, profile_to)
     return result
+
+
+def profile_region(path: Path, predictor: TilePredictor, params: SegmentationParams, workdir: Path,
+                   table_path: Path, tiles: int = 6) -> dict[str, Any]:
+    """One engine run over ``tiles`` x ``tiles`` tiles under the PyTorch profiler: how busy the
+    device was, and the host-side operations that took the most time (a table in ``table_path``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    side = tiles * (params.tile_size - params.overlap) + params.overlap
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if predictor.device.type == "cuda" else [])
+    with open_slide(path) as slide, profile(activities=activities) as prof:
+        t = time.perf_counter()
+        segment(slide, predictor, workdir / "profile.samlung", params, region=(0, 0, side, side), overwrite=True)
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t
+    averages = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in averages)
+    table_path.write_text(averages.table(sort_by="self_cpu_time_total", row_limit=30))
+    return dict(tiles=tiles * tiles, seconds=seconds, device_busy_fraction=device_us / 1e6 / seconds,
+                table=str(table_path))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ Runs, in order of importance, each stage guarded by the time left (results are w
    attention (FlexAttention in the global blocks);
 4. the whole-slide engine on a generated 20,000 x 20,000 JPEG slide against the model alone, with
    the attention that was faster compiled in this run;
-5. compiled flex attention's logits against the CPU float32 reference;
+5. the engine's pipeline overhead with a null model on the GPU against tifffile's decoding;
+   compiled flex attention's logits against the CPU float32 reference;
 6. the fine-tuning program's training step (train_speed.py), vit_b, bf16, batch 8: compiled with
    block checkpointing, and eager; compiled inference with the reference attention.
 
@@ -159,7 +160,15 @@ def main() -> int:
                                 workers=min(16, os.cpu_count() or 2), compile=not args.dry_run, device=dev,
                                 attention=fastest_compiled_attention())
         with tempfile.TemporaryDirectory() as tmp:
-            return engine_speed.gpu_utilisation(cache / f"bench-{args.slide_size}.svs", ns, Path(tmp), diagnose=True)
+            return engine_speed.gpu_utilisation(cache / f"bench-{args.slide_size}.svs", ns, Path(tmp), diagnose=True,
+                                                profile_to=OUT / "engine_profile.txt")
+
+    def engine_overhead():
+        """The issue's pipeline-overhead figure where it is meant for: null model on the GPU, 16 cores."""
+        slide_job.wait(timeout=max(1.0, deadline - time.monotonic() - 20))
+        ns = argparse.Namespace(tile=img, overlap=img // 8, cpu_batch=batch, workers=min(16, os.cpu_count() or 2))
+        with tempfile.TemporaryDirectory() as tmp:
+            return engine_speed.overhead(cache / f"bench-{args.slide_size}.svs", ns, Path(tmp), device=dev)
 
     def train_fresh_process():
         """Compiled training in a process of its own: inductor's training compile must not meet the
@@ -183,6 +192,7 @@ def main() -> int:
         ("infer_flex_compiled_b16", 80,
          lambda: model_speed.time_config(preset, dev, "infer", "flex", batch, img, "bfloat16", True, warmup=2)),
         ("engine_whole_slide", 60, engine_gpu),
+        ("engine_overhead_null_model", 30, engine_overhead),
         ("check_flex_compiled", 60,
          lambda: model_speed.check_outputs(preset, dev, img_size=img, compile=True, attention="flex")),
         ("anchor_gpu_train", 40, lambda: run_anchor(args.anchors, "gpu_train.py", 60, args.dry_run)),

@@ -100,6 +100,14 @@ def test_stitcher_gives_the_weighted_average_of_overlapping_tiles(box, tile, ove
     assert (out == 99).sum() == out.size - h * w, "pixels outside the box were written"
 
 
+def test_stitcher_refuses_tiles_out_of_row_major_order():
+    stitcher = Stitcher(TileGrid((0, 0, 100, 100), 64, 8), 1, "cpu")
+    probs = torch.rand(64, 64)
+    assert stitcher.add(0, 0, TileKind.MODEL, probs) == []
+    with pytest.raises(ValueError, match="row-major"):
+        stitcher.add(1, 0, TileKind.MODEL, probs)
+
+
 def test_tile_grid_rejects_overlap_of_half_a_tile():
     with pytest.raises(ValueError, match="overlap"):
         TileGrid((0, 0, 100, 100), 64, 32)
