@@ -352,12 +352,7 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
         if cancel is not None and cancel.is_set():
             raise _Cancelled
         probs = stitcher.probabilities(predictor(tiles))
-        if cuda:
-            event = torch.cuda.Event()
-            event.record()
-            loader.release(event)
-        else:
-            loader.release(None)
+        loader.release(predictor.input_copied if cuda else None)
         batch = {i: j for j, (i, _) in enumerate(items)}
         writer.submit(advance(items[-1][0], probs, batch))
         yield Progress("segment", pointer, len(order), writer.take_written())

@@ -46,6 +46,9 @@ class TilePredictor:
         self.num_classes = int(config.num_classes)
         self.amp_dtype = torch.bfloat16 if amp and self.device.type == "cuda" else None
         self._input: torch.Tensor | None = None
+        # host-to-device copies on their own stream overlap the previous batch's compute
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.input_copied: torch.cuda.Event | None = None  # when the last call's host tiles may be reused
         self.compiled = bool(compile and hasattr(model, "compile_blocks"))
         if self.compiled:
             model.compile_blocks()
@@ -65,8 +68,11 @@ class TilePredictor:
 
     @torch.inference_mode()
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 tiles (host, ideally pinned, or device) -> (B, C, H, W) logits on the device."""
-        x = tiles.to(self.device, non_blocking=True)
+        """(B, H, W, 3) uint8 tiles (host, ideally pinned, or device) -> (B, C, H, W) logits on the device.
+
+        On CUDA, ``input_copied`` is then the event after which the host tiles may be overwritten.
+        """
+        x = self._to_device(tiles)
         out = None
         if self.device.type == "cpu" and x.shape[-1] == 3:  # reuse the float batch: spares page faults
             if self._input is None or self._input.shape != x.shape:
@@ -77,3 +83,15 @@ class TilePredictor:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             return self.model(x)
+
+    def _to_device(self, tiles: torch.Tensor) -> torch.Tensor:
+        if self._copy_stream is None or tiles.device.type != "cpu":
+            return tiles.to(self.device, non_blocking=True)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            x = tiles.to(self.device, non_blocking=True)
+            self.input_copied = torch.cuda.Event()
+            self.input_copied.record()
+        compute.wait_stream(self._copy_stream)
+        x.record_stream(compute)  # allocated on the copy stream, freed after the compute stream's use
+        return x

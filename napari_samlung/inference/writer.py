@@ -1,7 +1,8 @@
 """Gather finished label blocks into whole chunks and write them from background threads.
 
 Blocks arrive from the stitcher as device tensors. ``submit`` starts one asynchronous copy to the
-host per batch and returns at once; the writer thread waits for the copy, places the blocks into
+host per batch, on a CUDA stream of its own so it overlaps the next batch's compute, and returns
+at once; the writer thread waits for the copy, places the blocks into
 chunk buffers and writes each chunk (with its pyramid samples) when its last pixel is in. A
 finished chunk is appended to ``progress.log``, so an interrupted run resumes from there. Pixels
 inside reviewed regions keep what the pathologist put there (``protect`` is asked for the
@@ -137,6 +138,7 @@ class ChunkWriter:
         self._writes: list[Future] = []
         self._buffers: dict[ChunkKey, list] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._copy_stream: torch.cuda.Stream | None = None
         self._written: list[Box] = []
         self._written_lock = threading.Lock()
         self._error: BaseException | None = None
@@ -151,9 +153,15 @@ class ChunkWriter:
         host, event = None, None
         if tensors and tensors[0].device.type == "cuda":  # one copy per batch, awaited in the thread
             flat = torch.cat([t.reshape(-1) for t in tensors])
-            host = flat.to("cpu", non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(flat.device)
+            # on a stream of its own, after the labels are computed, beside the next batch's compute
+            self._copy_stream.wait_stream(torch.cuda.current_stream(flat.device))
+            with torch.cuda.stream(self._copy_stream):
+                host = flat.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            flat.record_stream(self._copy_stream)
         elif tensors:
             host = tensors
         self._queue.put(([(b.box, b.labels is not None) for b in blocks], host, event))
