@@ -86,6 +86,7 @@ class TilePredictor:
 
     def _to_device(self, tiles: torch.Tensor) -> torch.Tensor:
         if self._copy_stream is None or tiles.device.type != "cpu":
+            self.input_copied = None
             return tiles.to(self.device, non_blocking=True)
         compute = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self._copy_stream):

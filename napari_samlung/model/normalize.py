@@ -14,7 +14,7 @@ def normalize(images: torch.Tensor, config: SamLungConfig, out: torch.Tensor | N
 
     Computes ``(images / 255 - mean) / std`` with the config's H&E statistics, on the images'
     device. A channels-last input comes back as a channels-last strided (B, 3, H, W) view, which
-    the patch-embedding convolution reads without a copy; it is computed in one pass over rows of
+    the patch-embedding convolution reads without a copy; it is computed over rows of
     interleaved RGB values (the per-channel factors repeated along the row), which vectorizes far
     better than broadcasting over a 3-long channel axis. ``out``: an optional float32 buffer of
     (B, H, W, 3) for channels-last input, reused to spare the page faults of a fresh allocation.
