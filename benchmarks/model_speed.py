@@ -113,6 +113,7 @@ def build_model(preset: str, device: str | torch.device, attention: str = "fast"
     model = SamLung(PRESETS[preset]()).to(device)
     model.set_attention(attention).set_block_checkpointing(checkpointing)
     if compile:
+        torch._dynamo.reset()  # earlier shapes seen in this process must not make this compile dynamic
         model.compile_blocks()
     return model
 
