@@ -171,7 +171,7 @@ def time_config(preset: str = "tiny", device: str = "cpu", mode: str = "infer", 
                       peak_kind="cuda max allocated" if on_cuda else "RSS growth",
                       wall_s=time.perf_counter() - t0)
     finally:
-        del model
+        model = None  # free it before _release
         _release(dev, compile)
     return result
 
@@ -224,7 +224,7 @@ def check_outputs(preset: str = "tiny", device: str = "cpu", img_size: int | Non
         error = ((got - want).norm() / want.norm()).item()
         rows.append(dict(preset=preset, device=str(dev), img_size=size, dtype=dtype, compile=compile,
                          relative_error=error, tolerance=tolerance, ok=error <= tolerance))
-    del model
+    model = None  # free it before _release
     _release(dev, compile)
     return rows
 
