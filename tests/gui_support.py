@@ -1,7 +1,8 @@
 """Fixtures and helpers for the napari plugin tests (``tests/test_gui_*.py``).
 
 Import the fixtures into a test module (``from gui_support import ...``); ``isolated_config`` is
-autouse there, so no test ever reads or writes a person's real settings or cache.
+autouse there, so no test ever reads or writes a person's real settings or cache. ``tiny_checkpoint``
+is in conftest.py (the headless fine-tuning tests use it too).
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from napari_samlung.model import SamLung, SamLungConfig
-from napari_samlung.model.checkpoint import save_checkpoint
+from napari_samlung.gui.layers import ROLE
 from napari_samlung.sample_data import write_demo_slide
 
 PLUGIN = "napari-samlung"
@@ -32,17 +31,6 @@ def isolated_config(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMLUNG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(notification_manager, "records", [])
     return tmp_path / "config" / "settings.json"
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A self-contained checkpoint of the tiny preset (256 px tiles, 0.5 µm/px)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = SamLung(SamLungConfig.tiny(num_classes=1))
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(model, path, include_encoder=True)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +66,19 @@ def dock(viewer):
     """Dock the plugin's widget through its manifest, as the Plugins menu does."""
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     return widget
+
+
+def ready_widget(viewer, slide, checkpoint):
+    """The slide open, the widget docked, ``checkpoint`` chosen; returns (slide layer, widget)."""
+    layer = open_slide_layer(viewer, slide)
+    widget = dock(viewer)
+    widget.segment.checkpoint.set_text(str(checkpoint))
+    return layer, widget
+
+
+def layers_of(viewer, role):
+    """The viewer's layers that this plugin made in ``role`` ('slide', 'classmap', 'draft', 'reviewed')."""
+    return [layer for layer in viewer.layers if layer.metadata.get(ROLE) == role]
 
 
 def wait_for(qtbot, widget) -> None:

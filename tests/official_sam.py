@@ -67,6 +67,11 @@ def official_sam(config: SamLungConfig, prompt_dim: int = 32) -> Sam:
     )
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``|got - want| / |want|`` (Frobenius norms over all elements)."""
+    return ((got - want).norm() / want.norm()).item()
+
+
 def randomize_positions_(module: nn.Module, seed: int = 0) -> nn.Module:
     """Random relative-position tables and position embedding (SAM initializes both at zero)."""
     generator = torch.Generator().manual_seed(seed)

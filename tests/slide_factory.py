@@ -207,9 +207,12 @@ def write_ndpi(path: Path, levels: list[np.ndarray], mpp: float, *, tile_width: 
 
 
 def reduce2(image: np.ndarray, times: int = 1) -> np.ndarray:
-    """Halve an image ``times`` times by 2x2 averaging, halves rounded up (crop to even sides first)."""
+    """Halve an (h, w, c) image ``times`` times by 2x2 averaging, halves rounded up; an odd last row or
+    column is averaged with itself (edge-padded), as the pyramidal TIFF writer does."""
     for _ in range(times):
-        h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-        mean = image[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
+        pad = ((0, image.shape[0] % 2), (0, image.shape[1] % 2)) + ((0, 0),) * (image.ndim - 2)
+        padded = np.pad(image, pad, mode="edge")
+        h, w = padded.shape[:2]
+        mean = padded.reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
         image = np.floor(mean + 0.5).astype(np.uint8)
     return image

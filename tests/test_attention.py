@@ -13,11 +13,7 @@ from napari_samlung.model.attention import (
     window_partition,
     window_unpartition,
 )
-from official_sam import randomize_positions_
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got - want).norm() / want.norm()).item()
+from official_sam import randomize_positions_, relative_error
 
 
 FLEX_EAGER = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")

@@ -162,7 +162,6 @@ def test_non_positive_sizes_are_refused(slide, option, value):
 
 
 def test_under_torchrun_each_rank_takes_its_share_of_the_slides(slide, tmp_path):
-    import os
     import shutil
 
     slides = [shutil.copy(slide, tmp_path / f"s{i}.svs") for i in range(3)]

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from gui_support import isolated_config  # noqa: F401  (fixture)
 from napari_samlung.inference.classmap import ClassMap
 from napari_samlung.model import load_checkpoint
+from training_sets import read_events
 
 
 @pytest.mark.slow
@@ -35,21 +37,23 @@ def test_samlung_demo_runs_the_whole_loop_and_improves_the_segmentation(tmp_path
     assert cm.status == "complete" and len(cm.reviewed) == 1
     manifest = json.loads((root / "training-set" / "manifest.json").read_text())
     assert manifest["format"] == "samlung-training-set" and len(manifest["tiles"]) == 9
-    events = [json.loads(line) for line in (root / "finetune" / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(root / "finetune" / "run")
     assert sum(e["event"] == "epoch" for e in events) == 60 and events[-1]["event"] == "done"
     assert events[0]["event"] == "start" and events[0]["world_size"] == 2  # two DDP processes
     model = load_checkpoint(events[-1]["best"])  # self-contained: no SAM weights needed
     assert model.config.preset == "tiny"
-    for path in re.findall(r"^\s+\S.*?\s{2,}(/\S+)", done.stdout, flags=re.M):
+    paths = re.findall(r"^\s+\S.*?\s{2,}(/\S+)", done.stdout, flags=re.M)
+    assert paths, done.stdout[-2000:]
+    for path in paths:
         assert Path(path).exists(), f"the demo names {path}, which does not exist"
 
 
+@pytest.mark.gui
 def test_demo_gui_opens_the_slide_with_the_widget_docked(tmp_path, monkeypatch, qtbot):
     import napari
 
     from napari_samlung import demo
 
-    monkeypatch.setenv("SAMLUNG_CONFIG_DIR", str(tmp_path / "config"))  # leave the user's settings alone
     monkeypatch.setattr(napari, "run", lambda *a, **k: None)
     demo.open_gui(tmp_path / "demo")
     viewer = napari.current_viewer()

@@ -6,11 +6,7 @@ import pytest
 import torch
 
 from napari_samlung.model import SamLung, SamLungConfig
-from official_sam import official_encoder, randomize_positions_
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got - want).norm() / want.norm()).item()
+from official_sam import official_encoder, randomize_positions_, relative_error
 
 
 @pytest.fixture(scope="module")

@@ -208,7 +208,7 @@ def test_a_slide_of_another_size_and_unknown_region_ids_are_refused(cm, tmp_path
         export_training_set(cm, slide, tmp_path / "SET", regions=["nope"])
 
 
-def test_tile_size_defaults_to_the_model_and_can_be_chosen(cm, slide, tmp_path):
+def test_tile_size_can_be_chosen_and_append_keeps_it(cm, slide, tmp_path):
     out = export_training_set(cm, slide, tmp_path / "SET", tile_size=32)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tile_size"] == 32

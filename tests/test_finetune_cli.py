@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib.metadata import entry_points
 
 import numpy as np
@@ -16,7 +15,13 @@ from napari_samlung.model.checkpoint import load_checkpoint, read_checkpoint, sa
 from training.finetune import get_args_parser, main
 from training.losses import SegmentationLoss, soft_dice_loss
 from training.schedule import WARMUP_START, poly_factor
-from training_sets import blob_pair, synthetic_research_layout, write_export_set, write_research_layout
+from training_sets import (
+    blob_pair,
+    read_events,
+    synthetic_research_layout,
+    write_export_set,
+    write_research_layout,
+)
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--workers", "0", "--print-freq", "1"]
 
@@ -81,7 +86,7 @@ def test_bad_data_exits_2_naming_the_file(tmp_path, capsys):
     code = main(["--data-path", str(data), "--output-dir", str(tmp_path / "out"), *TINY])
     err = capsys.readouterr().err
     assert code == 2 and "t1.png: no label with the same name" in err
-    events = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(tmp_path / "out")
     assert events[-1]["event"] == "error" and "t1.png" in events[-1]["message"]
 
 
@@ -142,7 +147,7 @@ def test_fine_tuning_on_corrections_from_a_checkpoint(tmp_path):
     code = main(["--data-path", str(export), "--init-checkpoint", str(init), "--output-dir", str(out), *TINY,
                  "--batch-size", "1", "--epochs", "2", "--max-steps-per-epoch", "1"])
     assert code == 0
-    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(out)
     kinds = [e["event"] for e in events]
     assert kinds == ["start", "step", "epoch", "step", "epoch", "done"]
     step = events[1]
@@ -183,5 +188,5 @@ def test_test_only_evaluates_the_best_checkpoint(tmp_path):
     rows = (out / "test" / "metrics.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows] == ["name", "s0", "s1", "# mean"]
     assert sorted(p.name for p in (out / "test" / "masks").iterdir()) == ["s0.png", "s1.png"]
-    (event,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (event,) = read_events(out)
     assert event["event"] == "test" and event["split"] == "test" and event["images"] == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from napari_samlung.model.checkpoint import load_checkpoint
 from training.finetune import weights_digest
-from training_sets import synthetic_research_layout
+from training_sets import read_events, synthetic_research_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +29,7 @@ def test_two_process_ddp_run_ends_with_identical_weights_on_both_ranks(tmp_path)
     assert digests[0] == digests[1]
     # Rank 0 saved what both ranks hold.
     assert weights_digest(load_checkpoint(out / "last.pt")) == digests[0]
-    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(out)
     start = events[0]
     assert start["world_size"] == 2 and start["steps"] == 2  # 6 images / (2 ranks x batch 2), rounded up
     assert [e["val_images"] for e in events if e["event"] == "epoch"] == [3, 3]  # every val image, once

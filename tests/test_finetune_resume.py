@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from napari_samlung.model.checkpoint import read_checkpoint
 from training.finetune import main
-from training_sets import synthetic_research_layout
+from training_sets import read_events, synthetic_research_layout
 
 RUN = ["--preset", "tiny", "--device", "cpu", "--workers", "0", "--batch-size", "2", "--crop-size", "48",
        "--max-steps-per-epoch", "2", "--print-freq", "1", "--seed", "7"]
@@ -38,6 +36,6 @@ def test_resumed_run_reproduces_the_uninterrupted_run_bit_exactly(tmp_path):
     assert straight["extra"]["lr_scheduler"]["_last_lr"] == resumed["extra"]["lr_scheduler"]["_last_lr"]
 
     # The resumed run appends to the same metrics file: epochs 1 and 2, one start each.
-    events = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(tmp_path / "split")
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
     assert [e["resumed"] for e in events if e["event"] == "start"] == [False, True]

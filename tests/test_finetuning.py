@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 
 from napari_samlung.data import write_png
 from napari_samlung.finetuning import (
@@ -19,16 +18,8 @@ from napari_samlung.finetuning import (
     build_command,
     run_finetune,
 )
-from napari_samlung.model import SamLung, SamLungConfig, load_checkpoint
-from napari_samlung.model.checkpoint import save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(SamLung(SamLungConfig.tiny(num_classes=1)), path, include_encoder=True)
-    return path
+from napari_samlung.model import load_checkpoint
+from training_sets import read_events
 
 
 @pytest.fixture(scope="module")
@@ -166,5 +157,5 @@ def test_two_processes_under_torchrun_finish_with_a_checkpoint(tmp_path, researc
     except StopIteration as stop:
         result = stop.value
     assert result.checkpoint.is_file()
-    start = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()][0]
+    start = read_events(tmp_path / "out")[0]
     assert start["world_size"] == 2

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from gui_support import isolated_config, tiny_checkpoint  # noqa: F401  (fixtures)
+from gui_support import isolated_config  # noqa: F401  (fixtures)
 from napari_samlung.annotations.review import start_review
 from napari_samlung.gui.geometry import SlideFrame, grow
 from napari_samlung.gui.layers import (

@@ -13,11 +13,11 @@ from gui_support import (  # noqa: F401  (fixtures)
     PLUGIN,
     demo_slide,
     demo_source,
-    dock,
     isolated_config,
+    layers_of,
     notifications,
     open_slide_layer,
-    tiny_checkpoint,
+    ready_widget,
     view,
     wait_for,
 )
@@ -68,9 +68,7 @@ def test_the_real_svs_opens_at_its_microns_per_pixel(make_napari_viewer, real_sv
 def test_real_svs_segments_visible_region_and_whole_slide_at_a_chosen_resolution(
         make_napari_viewer, qtbot, real_svs, tiny_checkpoint, tmp_path):
     viewer = make_napari_viewer()
-    open_slide_layer(viewer, real_svs)
-    widget = dock(viewer)
-    widget.segment.checkpoint.set_text(str(tiny_checkpoint))
+    _, widget = ready_widget(viewer, real_svs, tiny_checkpoint)
     widget.segment.project_dir.set_text(str(tmp_path / "project"))  # the fixture folder stays untouched
     widget.segment.mpp.setValue(2.0)  # coarser than the checkpoint's 0.5: ~4 slide pixels per class pixel
     view(viewer, 700, 550, 300)
@@ -83,7 +81,7 @@ def test_real_svs_segments_visible_region_and_whole_slide_at_a_chosen_resolution
     widget.segment.full_button.click()
     wait_for(qtbot, widget)
     assert ClassMap.open(root).status == "complete" and not notifications("error")
-    (labels,) = [layer for layer in viewer.layers if layer.metadata.get(ROLE) == "classmap"]
+    (labels,) = layers_of(viewer, "classmap")
     assert labels.scale[-1] == pytest.approx(0.499 * cm.scale)
 
 
@@ -102,7 +100,7 @@ def test_files_the_plugin_cannot_open_get_no_reader(tmp_path, name, content):
     assert get_reader([str(path), str(path)]) is None
 
 
-def test_results_beside_the_slide_open_with_it(demo_slide, tiny_checkpoint):
+def test_results_beside_the_slide_open_with_it(demo_slide):
     cm = ClassMap.create(results_dir(demo_slide), (1024, 1024), scale=1.0, num_classes=1, slide={"mpp": 0.5},
                          model={})
     cm.write((0, 0, 10, 10), np.ones((10, 10), np.uint8))
@@ -128,13 +126,11 @@ def test_sample_slide_is_generated_once_into_the_cache(monkeypatch, tmp_path):
 def test_writers_save_the_segmentation_as_label_tiff_and_geojson(make_napari_viewer, qtbot, demo_slide,
                                                                   tiny_checkpoint, tmp_path):
     viewer = make_napari_viewer()
-    open_slide_layer(viewer, demo_slide)
-    widget = dock(viewer)
-    widget.segment.checkpoint.set_text(str(tiny_checkpoint))
+    _, widget = ready_widget(viewer, demo_slide, tiny_checkpoint)
     widget.segment.full_button.click()
     wait_for(qtbot, widget)
     cm = ClassMap.open(results_dir(demo_slide))
-    (labels,) = [layer for layer in viewer.layers if layer.metadata.get(ROLE) == "classmap"]
+    (labels,) = layers_of(viewer, "classmap")
 
     labels.save(str(tmp_path / "seg.tif"), plugin=PLUGIN)
     with tifffile.TiffFile(tmp_path / "seg.tif") as tif:

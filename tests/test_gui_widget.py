@@ -18,9 +18,10 @@ from gui_support import (  # noqa: F401  (fixtures)
     demo_source,
     dock,
     isolated_config,
+    layers_of,
     notifications,
     open_slide_layer,
-    tiny_checkpoint,
+    ready_widget,
     view,
     wait_for,
 )
@@ -33,18 +34,6 @@ from napari_samlung.labels import IGNORE, TUMOR
 from napari_samlung.slide import Slide
 
 pytestmark = pytest.mark.gui
-
-
-def layers_of(viewer, role):
-    return [layer for layer in viewer.layers if layer.metadata.get(ROLE) == role]
-
-
-def ready_widget(viewer, slide, checkpoint):
-    """The slide open, the widget docked, the tiny checkpoint chosen."""
-    layer = open_slide_layer(viewer, slide)
-    widget = dock(viewer)
-    widget.segment.checkpoint.set_text(str(checkpoint))
-    return layer, widget
 
 
 def segment_full(qtbot, widget):

@@ -9,17 +9,9 @@ import zarr
 
 from napari_samlung.slide import open_slide
 from napari_samlung.slide.writer import write_pyramidal_tiff
-from slide_factory import he_texture
+from slide_factory import he_texture, reduce2
 
 RGB = he_texture(300, 457, seed=4)  # odd width: the last column of each level is a half block
-
-
-def area_average(image: np.ndarray) -> np.ndarray:
-    """2x2 mean, halves rounded up, an odd last row/column averaged with itself."""
-    h, w = image.shape[:2]
-    padded = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge").astype(np.float64)
-    mean = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]) / 4
-    return np.floor(mean + 0.5).astype(np.uint8)
 
 
 def test_rgb_levels_are_area_averages_of_the_level_above(tmp_path):
@@ -30,7 +22,7 @@ def test_rgb_levels_are_area_averages_of_the_level_above(tmp_path):
     assert [lv.shape[:2] for lv in levels] == [(300, 457), (150, 229), (75, 115), (38, 58)]
     np.testing.assert_array_equal(levels[0], RGB)
     for upper, lower in zip(levels, levels[1:]):
-        np.testing.assert_array_equal(lower, area_average(upper))
+        np.testing.assert_array_equal(lower, reduce2(upper))
 
 
 def test_label_levels_are_nearest_neighbour_and_lossless(tmp_path):

@@ -13,6 +13,11 @@ import torch.nn.functional as F
 from napari_samlung.data import files
 
 
+def read_events(run_dir: Path) -> list[dict]:
+    """The records a fine-tuning run wrote to ``run_dir/metrics.jsonl``, one dict per line, in order."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_png(path, array)
