@@ -64,11 +64,16 @@ class Failed:
     message: str
 
 
+def user_message(exc: BaseException) -> str:
+    """A user error as one line (its whitespace, newlines included, collapsed to single spaces)."""
+    return " ".join(str(exc).split())
+
+
 def _guarded(function: Callable[..., Generator], *args: Any) -> Generator[Any, None, Any]:
     try:
         return (yield from function(*args))
     except USER_ERRORS as exc:
-        return Failed(" ".join(str(exc).split()))
+        return Failed(user_message(exc))
 
 
 class Job:

@@ -103,7 +103,7 @@ def training_set_job(slide, cm: ClassMap, out: Path, cancel) -> Generator:
 
 def geojson_job(cm: ClassMap, path: Path, cancel) -> Generator:
     yield "Tracing the outlines"
-    classmap_to_geojson(cm, path, reviewed_boxes=bool(cm.reviewed))
+    classmap_to_geojson(cm, path, reviewed_boxes=True)
     return path
 
 

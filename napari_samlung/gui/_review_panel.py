@@ -146,7 +146,7 @@ class ReviewPanel(QGroupBox):
         self.status.setText("review discarded")
 
     # -- drafts left from before --------------------------------------------------------------
-    def offer_drafts(self, slide: SlideContext, drafts: list[Draft]) -> None:
+    def offer_drafts(self, drafts: list[Draft]) -> None:
         waiting = [d for d in drafts if find_draft_layer(self.host.viewer, d.id) is None]
         self.resume_button.setEnabled(bool(waiting))
         self.resume_button.setText(f"Resume drafts ({len(waiting)})" if waiting else "Resume drafts")
@@ -160,4 +160,4 @@ class ReviewPanel(QGroupBox):
                 raise UserError(f"{slide.name} has no unapplied review drafts")
             for draft in waiting:
                 self._show_draft(slide, draft)
-            self.offer_drafts(slide, drafts)
+            self.offer_drafts(drafts)

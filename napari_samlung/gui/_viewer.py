@@ -83,7 +83,8 @@ def find_layers(viewer, role: str, root: Path | None = None) -> list[Layer]:
     """This plugin's layers of ``role`` (for the result folder ``root`` when given)."""
     found = [layer for layer in viewer.layers if layer.metadata.get(ROLE) == role]
     if root is not None:
-        found = [layer for layer in found if layer.metadata.get(RESULTS) == str(Path(root).resolve())]
+        results = str(Path(root).resolve())
+        found = [layer for layer in found if layer.metadata.get(RESULTS) == results]
     return found
 
 
@@ -97,10 +98,16 @@ def add(viewer, layer_data: LayerData) -> Layer:
     return viewer.add_layer(Layer.create(*layer_data))
 
 
-def show_classmap(viewer, slide: SlideContext, root: Path) -> Labels:
-    """The class-map layer of ``root``, added (or rebuilt when the map on disk changed shape)."""
-    cm = ClassMap.open(root)
-    for layer in find_layers(viewer, "classmap", root):
+def _opened(source: ClassMap | Path) -> ClassMap:
+    """``source`` if it is a class map already opened (for reading), else the one in that folder."""
+    return source if isinstance(source, ClassMap) else ClassMap.open(source)
+
+
+def show_classmap(viewer, slide: SlideContext, source: ClassMap | Path) -> Labels:
+    """The class-map layer of ``source`` (an opened class map or its result folder), added (or
+    rebuilt when the map on disk changed shape)."""
+    cm = _opened(source)
+    for layer in find_layers(viewer, "classmap", cm.root):
         shapes = [tuple(level.shape) for level in (layer.data if layer.multiscale else [layer.data])]
         if shapes == [tuple(level.shape) for level in cm.levels]:
             return layer
@@ -110,10 +117,11 @@ def show_classmap(viewer, slide: SlideContext, root: Path) -> Labels:
     return layer
 
 
-def show_reviewed(viewer, slide: SlideContext, root: Path) -> Shapes | None:
-    """Bring the reviewed-regions layer of ``root`` up to date with the class map's record."""
-    cm = ClassMap.open(root)
-    layers = find_layers(viewer, "reviewed", root)
+def show_reviewed(viewer, slide: SlideContext, source: ClassMap | Path) -> Shapes | None:
+    """Bring the reviewed-regions layer of ``source`` (an opened class map or its result folder)
+    up to date with the class map's record."""
+    cm = _opened(source)
+    layers = find_layers(viewer, "reviewed", cm.root)
     if layers:
         layer = layers[0]
         layer.data = reviewed_rectangles(cm, slide.frame)

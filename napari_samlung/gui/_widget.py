@@ -16,7 +16,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_samlung.annotations.review import list_drafts
-from napari_samlung.gui._common import USER_ERRORS, Job
+from napari_samlung.gui._common import USER_ERRORS, Job, user_message
 from napari_samlung.gui._export_panel import ExportPanel
 from napari_samlung.gui._finetune_panel import FinetunePanel
 from napari_samlung.gui._review_panel import ReviewPanel
@@ -85,7 +85,7 @@ class SamLungWidget(QWidget):
         try:
             yield
         except USER_ERRORS as exc:
-            show_error(" ".join(str(exc).split()))
+            show_error(user_message(exc))
 
     def start_job(self, function: Callable, *args: Any, description: str, on_yield=None,
                   on_done=None) -> Job | None:
@@ -155,10 +155,11 @@ class SamLungWidget(QWidget):
         if root is None:
             return
         with self.user_errors():
-            show_classmap(self.viewer, slide, root)
-            show_reviewed(self.viewer, slide, root)
-            drafts = list_drafts(ClassMap.open(root))
-            self.review.offer_drafts(slide, drafts)
+            cm = ClassMap.open(root)
+            show_classmap(self.viewer, slide, cm)
+            show_reviewed(self.viewer, slide, cm)
+            drafts = list_drafts(cm)
+            self.review.offer_drafts(drafts)
             if drafts:
                 show_info(f"{slide.name}: {len(drafts)} review draft(s) not applied yet; "
                           "'Resume drafts' opens them again")

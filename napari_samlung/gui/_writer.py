@@ -65,7 +65,7 @@ def write_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]
     metadata = attributes.get("metadata") or {}
     cm = _classmap_of(attributes)
     if metadata.get(ROLE) == "classmap":
-        classmap_to_geojson(cm, path, reviewed_boxes=bool(cm.reviewed))
+        classmap_to_geojson(cm, path, reviewed_boxes=True)
         return [path]
     levels = list(data) if attributes.get("multiscale") else [data]
     k = next((i for i, level in enumerate(levels) if max(level.shape) <= MAX_TRACE_SIZE), None)

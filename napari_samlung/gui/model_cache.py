@@ -62,7 +62,3 @@ class PredictorCache:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
             return predictor
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
