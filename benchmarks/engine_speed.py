@@ -33,6 +33,7 @@ from napari_samlung.inference.loader import TileLoader
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.inference.tiling import TileGrid
 from napari_samlung.model import SamLung, SamLungConfig
+from napari_samlung.model.config import PRESETS
 from napari_samlung.sample_data import write_demo_slide
 from napari_samlung.slide import open_slide
 
@@ -195,7 +196,7 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnos
     from napari_samlung.inference.writer import ChunkWriter
 
     torch.manual_seed(0)
-    model = SamLung(getattr(SamLungConfig, args.preset)()).set_attention(args.attention)
+    model = SamLung(PRESETS[args.preset]()).set_attention(args.attention)
     device = getattr(args, "device", "cuda")
     predictor = TilePredictor(model, model.config, device, compile=args.compile, info={"preset": args.preset})
     params = SegmentationParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch_size,
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--gpu", action="store_true", help="also measure GPU utilisation (needs CUDA)")
-    parser.add_argument("--preset", choices=("vit_b", "tiny"), default="vit_b")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="vit_b")
     parser.add_argument("--batch-size", type=int, default=16, help="GPU batch")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile on the GPU")
     parser.add_argument("--attention", choices=("fast", "flex"), default="fast",
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = dict(cpu_count=os.cpu_count(), torch=torch.__version__, workers=args.workers,
                                    tile=args.tile, overlap=args.overlap)
     large = bench_slide(args.cache_dir, args.size)
+    small = None if args.skip_overhead and args.skip_memory else bench_slide(args.cache_dir, args.size // 2)
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
         workdir = Path(tmp)
         if not args.skip_overhead:
@@ -284,12 +286,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"overhead: tifffile decode {r['decode_mpix_s']:.1f} MPix/s, engine (null model) "
                   f"{r['engine_mpix_s']:.1f} MPix/s, ratio {r['ratio']:.2f} (target >= 0.8); the tile loader alone "
                   f"{r['loader_mpix_s']:.1f} MPix/s ({r['loader_ratio']:.2f})", flush=True)
-            small = bench_slide(args.cache_dir, args.size // 2)
             r = results["engine_ops"] = engine_ops_per_tile(small, args, workdir)
             print(f"engine's own tensor ops per tile ({args.size // 2}^2 slide, batch 16): {r['ops_per_tile']:.1f}, "
                   f"of which not views (kernel launches on a GPU) {r['kernels_per_tile']:.1f}", flush=True)
         if not args.skip_memory:
-            small = bench_slide(args.cache_dir, args.size // 2)
             rss_small, rss_large = child_peak_rss(small, args, workdir), child_peak_rss(large, args, workdir)
             results["memory"] = dict(small_side=args.size // 2, large_side=args.size, small_peak_rss_mib=rss_small,
                                      large_peak_rss_mib=rss_large, ratio=rss_large / rss_small)

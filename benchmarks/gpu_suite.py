@@ -78,8 +78,6 @@ def run_anchor(anchors: Path, script: str, timeout: float, quick: bool) -> dict:
 
 def engine_check(device: str) -> dict:
     """The engine's class map on ``device`` (bf16 on CUDA) against the CPU's (float32), tiny model."""
-    import tempfile
-
     from napari_samlung.inference.engine import SegmentationParams, segment
     from napari_samlung.inference.predictor import TilePredictor
     from napari_samlung.model import SamLung, SamLungConfig
@@ -139,14 +137,6 @@ def main() -> int:
                                   f"import engine_speed as e; from pathlib import Path; "
                                   f"e.bench_slide(Path({str(cache)!r}), {args.slide_size})"])
 
-    def check_model():
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 for the comparison
-        try:
-            return model_speed.check_outputs(preset, dev, img_size=img)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-
     batch, train_batch = (2, 2) if args.dry_run else (16, 8)
 
     def fastest_compiled_attention() -> str:
@@ -182,7 +172,7 @@ def main() -> int:
         return json.loads(out.read_text()) if out.exists() else {"returncode": done.returncode}
 
     stages = [
-        ("check_model", 30, check_model),
+        ("check_model", 30, lambda: model_speed.check_outputs(preset, dev, img_size=img)),  # TF32 off inside
         ("check_engine_device_vs_cpu", 25, lambda: engine_check(dev)),
         ("anchor_inference_rows", 40, lambda: anchor_rows(args.anchors, args.dry_run)),
         ("infer_fast_eager_b16", 15,

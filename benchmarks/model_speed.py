@@ -33,10 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from napari_samlung.model import SamLung, SamLungConfig
+from napari_samlung.model import SamLung
+from napari_samlung.model.config import PRESETS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PRESETS = {"vit_b": SamLungConfig.vit_b, "tiny": SamLungConfig.tiny}
 
 
 def _autocast(device: torch.device, dtype: str):

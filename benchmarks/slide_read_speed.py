@@ -22,6 +22,7 @@ import numpy as np
 import tifffile
 from skimage import data
 
+from napari_samlung.inference.tiling import TileGrid
 from napari_samlung.slide import open_slide
 from napari_samlung.slide.writer import write_pyramidal_tiff
 
@@ -66,8 +67,9 @@ def best_rate(run, megapixels: float, repeat: int) -> float:
 
 
 def requests(h: int, w: int, size: int = 1024, overlap: int = 128) -> list[tuple[int, int]]:
-    stride = size - overlap
-    return [(y, x) for y in range(0, h - overlap, stride) for x in range(0, w - overlap, stride)]
+    """Top-left corners of the engine's tiles over an h x w level."""
+    grid = TileGrid((0, 0, h, w), size, overlap)
+    return [grid.tile_box(*rc)[:2] for rc in grid.tiles()]
 
 
 def main() -> None:

@@ -29,13 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model_speed import median_seconds  # noqa: E402
-from napari_samlung.model import SamLung, SamLungConfig  # noqa: E402
+from model_speed import build_model, median_seconds  # noqa: E402
+from napari_samlung.model.config import PRESETS  # noqa: E402
 from training.engine import train_step  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PRESETS = {"vit_b": SamLungConfig.vit_b, "tiny": SamLungConfig.tiny}
 
 
 def _peak_rss_bytes() -> int:
@@ -57,17 +56,12 @@ def measure_train_step(
 ) -> dict[str, Any]:
     """Time ``iters`` training steps after ``warmup`` ones; returns images/s, step time, peak memory."""
     dev = torch.device(device)
-    torch.manual_seed(seed)
-    config = PRESETS[preset](num_classes=1)
+    model = build_model(preset, dev, attention, compile, checkpointing, seed).train()
+    config = model.config  # the preset's, num_classes=1
     size = img_size or config.img_size
-    model = SamLung(config).to(dev).train().set_attention(attention)
-    if checkpointing:
-        model.set_block_checkpointing(True)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
     compile_s = 0.0
-    if compile:
-        model.compile_blocks()
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     criterion = SegmentationLoss(config.num_classes).to(dev)
     amp_dtype = DTYPES[dtype]
