@@ -7,6 +7,7 @@ with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -160,45 +161,41 @@ def _export_segmentation(root: Path, classmap) -> list[Path]:
     return [tiff, geojson]
 
 
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    from napari_samlung.evaluate import add_predict_arguments, run_predict
+# Commands whose options and code live in their own modules (which import torch): name ->
+# (module, options function, run function, help, description).
+_MODULE_COMMANDS = {
+    "predict": (
+        "napari_samlung.evaluate", "add_predict_arguments", "run_predict",
+        "evaluate a checkpoint on image tiles: Dice, IoU, accuracy, HD95 per image",
+        "Predict every image of a folder (research split with mask/ and label/, an exported training set, or "
+        "plain images) with the research code's post-processing, and write per-image metrics (TSV), a summary "
+        "and optionally the masks."),
+    "export": (
+        "napari_samlung.annotations.cli", "add_export_arguments", "run_export",
+        "export a slide's results: training set of reviewed regions, GeoJSON, label TIFF",
+        "Export a slide's class map and reviewed regions."),
+    "demo": (
+        "napari_samlung.demo", "add_demo_arguments", "run_demo_command",
+        "run the whole loop on a built-in synthetic slide (CPU, a few minutes)",
+        "Segment a synthetic slide with a tiny model, correct one region from the known truth, export it, "
+        "fine-tune on it with two DDP processes, segment again, and print Dice before and after. --gui opens "
+        "napari on the same data."),
+}
 
-    p = sub.add_parser("predict", help="evaluate a checkpoint on image tiles: Dice, IoU, accuracy, HD95 per image",
-                       description="Predict every image of a folder (research split with mask/ and label/, an "
-                                   "exported training set, or plain images) with the research code's post-processing, "
-                                   "and write per-image metrics (TSV), a summary and optionally the masks.")
-    add_predict_arguments(p)
-    p.set_defaults(func=run_predict)
 
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from napari_samlung.demo import add_demo_arguments, run_demo_command
-
-    p = sub.add_parser("demo", help="run the whole loop on a built-in synthetic slide (CPU, a few minutes)",
-                       description="Segment a synthetic slide with a tiny model, correct one region from the known "
-                                   "truth, export it, fine-tune on it with two DDP processes, segment again, and "
-                                   "print Dice before and after. --gui opens napari on the same data.")
-    add_demo_arguments(p)
-    p.set_defaults(func=run_demo_command)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``samlung`` parser. With ``command``, only that subcommand's options are filled in, so
+    ``samlung --help`` or ``samlung segment`` does not import the other commands' modules."""
     parser = _Parser(prog="samlung", description="SAM-Lung tumor segmentation for whole-slide H&E images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_segment(sub)
-    _add_predict(sub)
-    _add_export(sub)
-    _add_demo(sub)
+    for name, (module, add_arguments, run, help_text, description) in _MODULE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description)
+        if command in (None, name):
+            code = importlib.import_module(module)
+            getattr(code, add_arguments)(p)
+            p.set_defaults(func=getattr(code, run))
     return parser
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    from napari_samlung.annotations.cli import add_export_arguments, run_export
-
-    p = sub.add_parser("export", help="export a slide's results: training set of reviewed regions, GeoJSON, label TIFF",
-                       description="Export a slide's class map and reviewed regions.")
-    add_export_arguments(p)
-    p.set_defaults(func=run_export)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -212,8 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from napari_samlung.slide import SlideError
 
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its messages repeat what our errors say
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")  # "" (no command): fill in none
+    args = build_parser(command).parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, OSError, SlideError) as exc:
