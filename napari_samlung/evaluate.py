@@ -30,14 +30,13 @@ from napari_samlung.data.layouts import Pair, prediction_inputs
 from napari_samlung.data.samples import load_pair
 from napari_samlung.inference.postprocess import morphological_cleanup
 from napari_samlung.inference.predictor import TilePredictor
-from napari_samlung.metrics import ImageMetrics, image_metrics, mean_metrics
+from napari_samlung.metrics import METRIC_KEYS, ImageMetrics, image_metrics, mean_metrics
 from napari_samlung.model.checkpoint import load_checkpoint
 
 #: Input sides must be multiples of the patch size; larger images are cut into windows.
 SIZE_MULTIPLE = 16
 MAX_SIZE = 1024
 WINDOW_OVERLAP = 128
-METRIC_KEYS = ("dice", "iou", "pixel_accuracy", "hd95")
 
 
 class PredictError(ValueError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ class ImageMetrics:
     iou: float
     pixel_accuracy: float
     hd95: float
+
+
+METRIC_KEYS = tuple(f.name for f in fields(ImageMetrics))
 
 
 def _masks(
@@ -159,7 +162,7 @@ def mean_metrics(results: Iterable[ImageMetrics]) -> dict[str, float | int]:
     that had a value."""
     rows = [asdict(r) for r in results]
     summary: dict[str, float | int] = {"images": len(rows)}
-    for key in ("dice", "iou", "pixel_accuracy", "hd95"):
+    for key in METRIC_KEYS:
         values = [row[key] for row in rows]
         summary[key] = _nanmean(values)
         summary[f"{key}_images"] = sum(not math.isnan(v) for v in values)

@@ -70,15 +70,13 @@ def init_distributed(
             f"--world-size {world_size} differs from WORLD_SIZE={env_world} set by torchrun"
         )
     local_rank = rank if local_rank is None else local_rank
-    if device_type == "cuda":
+    if device_type == "cuda":  # binding the group to the device lets NCCL collectives know their GPU
         torch.cuda.set_device(local_rank)
         process_device = torch.device("cuda", local_rank)
-    else:
-        process_device = torch.device(device_type)
-    if device_type == "cuda":  # binding the group to the device lets NCCL collectives know their GPU
         dist.init_process_group("nccl", init_method=dist_url, world_size=env_world, rank=rank,
                                 device_id=process_device)
     else:
+        process_device = torch.device(device_type)
         dist.init_process_group("gloo", init_method=dist_url, world_size=env_world, rank=rank)
     return DistInfo(True, rank, env_world, local_rank, process_device)
 
@@ -89,7 +87,7 @@ def cleanup() -> None:
     DDP's reducer holds the group; it is freed first (it may sit in a reference cycle), since a
     group destroyed under a live reducer can abort the process at exit.
     """
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         gc.collect()
         dist.destroy_process_group()
 

@@ -48,8 +48,9 @@ from napari_samlung.evaluate import (
     write_results,
 )
 from napari_samlung.inference.predictor import TilePredictor
-from napari_samlung.model import SamLung, SamLungConfig
+from napari_samlung.model import SamLung
 from napari_samlung.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from napari_samlung.model.config import PRESETS
 from training.distributed import (
     DistInfo,
     DistributedSetupError,
@@ -94,7 +95,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per rank")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", choices=("vit_b", "tiny"), default="vit_b",
+    model.add_argument("--preset", choices=tuple(PRESETS), default="vit_b",
                        help="model to build from scratch")
     model.add_argument("--sam-weights", default=None, help="official SAM ViT-B file (sam_vit_b_01ec64.pth)")
     model.add_argument("--init-checkpoint", default=None,
@@ -192,7 +193,7 @@ def build_model(args: argparse.Namespace, num_classes: int, tile_size: int | Non
             raise UsageError(f"{source}: the model has {model.config.num_classes} foreground class(es), "
                              f"the data {num_classes}")
         return model
-    preset = SamLungConfig.vit_b if args.preset == "vit_b" else SamLungConfig.tiny
+    preset = PRESETS[args.preset]
     overrides = {}
     if args.sam_weights is None and tile_size is not None:
         overrides["img_size"] = tile_size  # a random encoder takes the training tile size as its own

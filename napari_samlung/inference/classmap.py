@@ -26,6 +26,7 @@ import numcodecs
 import numpy as np
 import zarr
 
+from napari_samlung.data.files import write_atomic
 from napari_samlung.labels import BACKGROUND, class_name
 
 FORMAT = "samlung-classmap"
@@ -279,12 +280,8 @@ class ClassMap:
             padded = np.full((ch, cw), BACKGROUND, np.uint8)
             padded[: values.shape[0], : values.shape[1]] = values
             values = padded
-        data = _ZSTD.encode(np.ascontiguousarray(values, dtype=np.uint8))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{cx}.{uuid.uuid4().hex}.partial")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, _ZSTD.encode(np.ascontiguousarray(values, dtype=np.uint8)))
 
     def _plain_zstd(self, level: int) -> bool:
         """Whether the level is stored as this module creates it (so chunks can be written directly)."""

@@ -226,7 +226,7 @@ def iter_segment(
         return cm.reviewed_boxes()
 
     grid = TileGrid(plan.box, plan.tile, plan.overlap)
-    tissue = _tissue(slide) if params.skip_background else None
+    tissue = slide.tissue() if params.skip_background else None
     kinds = _classify(grid, cm, plan, done, tissue, params.tissue_threshold)
     counts = {k.value: sum(1 for v in kinds.values() if v is k) for k in TileKind}
     cancelled = False
@@ -255,9 +255,6 @@ def iter_segment(
             cancelled = True
     if cancelled:
         return SegmentationResult(root, "cancelled", plan, counts, time.perf_counter() - start)
-    for key in done:  # chunks from before an interruption: their coarse-level samples may be missing
-        box = cm.chunk_box(*key)
-        cm.write(box, cm.read(box))
     record = {"box": list(plan.box), "when": now(), "model": predictor.info}
     if plan.whole_slide:
         cm.update_meta(status="complete", job=None, segmented=[record])
@@ -292,12 +289,6 @@ def segment(
 
 class _Cancelled(Exception):
     pass
-
-
-def _tissue(slide):
-    from napari_samlung.slide import tissue_mask
-
-    return tissue_mask(slide)
 
 
 def _classify(grid: TileGrid, cm: ClassMap, plan: Plan, done: set, tissue, threshold: float) -> dict:
@@ -352,7 +343,7 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
         if cancel is not None and cancel.is_set():
             raise _Cancelled
         probs = stitcher.probabilities(predictor(tiles))
-        loader.release(predictor.input_copied if cuda else None)
+        loader.release(predictor.input_copied)
         batch = {i: j for j, (i, _) in enumerate(items)}
         writer.submit(advance(items[-1][0], probs, batch))
         yield Progress("segment", pointer, len(order), writer.take_written())

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from napari_samlung.model import SamLung, SamLungConfig, load_checkpoint
+from napari_samlung.model import SamLung, load_checkpoint
+from napari_samlung.model.config import PRESETS
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
@@ -51,12 +52,11 @@ def load_model(
         if preset is not None and preset != model.config.preset:
             raise ValueError(f"--preset {preset} does not match the checkpoint's model ({model.config.preset})")
     elif preset is not None:
-        factories = {"vit_b": SamLungConfig.vit_b, "tiny": SamLungConfig.tiny}
-        if preset not in factories:
-            raise ValueError(f"--preset {preset}: unknown (choose from {', '.join(factories)})")
+        if preset not in PRESETS:
+            raise ValueError(f"--preset {preset}: unknown (choose from {', '.join(PRESETS)})")
         with torch.random.fork_rng():  # the same fresh model every run, so reruns resume consistently
             torch.manual_seed(0)
-            model = SamLung(factories[preset](num_classes=num_classes))
+            model = SamLung(PRESETS[preset](num_classes=num_classes))
         if sam_weights is not None:
             model.load_sam_weights(sam_weights)
         info["untrained_head"] = True

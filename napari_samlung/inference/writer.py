@@ -134,6 +134,11 @@ class ChunkWriter:
         self.log_prefix = log_prefix
         self._log = open(progress_log, "a") if progress_log is not None else None
         self._pyramid = PyramidBuffer(classmap, box) if target is None else None
+        if self._pyramid is not None:  # chunks written before an interruption: their coarse samples may be missing
+            for key in self.done:
+                part = intersect(classmap.chunk_box(*key), box)
+                if part is not None:
+                    self._pyramid.add(part, classmap.read(part))
         self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="samlung-write")
         self._writes: list[Future] = []
         self._buffers: dict[ChunkKey, list] = {}

@@ -263,7 +263,10 @@ def load_checkpoint(path: PathLike, sam_weights: PathLike | dict[str, Any] | Non
     if "encoder" not in content and sam_weights is None:
         raise CheckpointError(f"{path}: holds only the adapters and head, not the SAM encoder weights; "
                               "pass the official SAM ViT-B file (sam_vit_b_01ec64.pth) with --sam-weights")
-    model = SamLung(SamLungConfig.from_dict(content["config"]))
+    config = SamLungConfig.from_dict(content["config"])
+    with torch.device("meta"):  # no random initialization: every tensor is filled from the files below
+        model = SamLung(config)
+    model.to_empty(device="cpu")
     if "encoder" in content:
         try:
             load_sam_weights(model, content["encoder"])

@@ -19,6 +19,7 @@ from .errors import SlideError
 from .formats import sniff, tiff_layout
 from .metadata import SlideMetadata
 from .resample import read_resampled
+from .tissue import TissueMask, TissueParams, tissue_mask
 from .tiles import (DEFAULT_CACHE_BYTES, ArrayRegionReader, CacheStats, FileBytes, RegionReader, TiffLevel,
                     TiffRegionReader)
 
@@ -55,11 +56,20 @@ class Slide:
         self._reader = reader
         self._resources = resources  # closed with the slide, in order
         self._closed = False
+        self._tissue: dict = {}  # (TissueParams, mpp) -> TissueMask
 
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W) of level 0."""
         return self.level_shapes[0]
+
+    def tissue(self, params: TissueParams | None = None) -> TissueMask:
+        """The tissue mask (``tissue.py``), computed once per parameters and microns per pixel, so
+        segmenting one region after another does not read the overview again."""
+        key = (params or TissueParams(), self.mpp)
+        if key not in self._tissue:
+            self._tissue[key] = tissue_mask(self, key[0])
+        return self._tissue[key]
 
     def best_level(self, downsample: float) -> int:
         """The coarsest level whose downsample is at most ``downsample`` (1% tolerance), so reads
