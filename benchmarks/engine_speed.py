@@ -34,7 +34,7 @@ from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.inference.tiling import TileGrid
 from napari_samlung.model import SamLung, SamLungConfig
 from napari_samlung.model.config import PRESETS
-from napari_samlung.sample_data import write_demo_slide
+from napari_samlung.synthetic import write_demo_slide
 from napari_samlung.slide import open_slide
 
 
@@ -193,7 +193,7 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnos
     run over a small region (:func:`profile_region`).
     """
     from napari_samlung.inference import engine as engine_module
-    from napari_samlung.inference.writer import ChunkWriter
+    from napari_samlung.inference.classmap_writer import ChunkWriter
 
     torch.manual_seed(0)
     model = SamLung(PRESETS[args.preset]()).set_attention(args.attention)

@@ -81,7 +81,7 @@ def engine_check(device: str) -> dict:
     from napari_samlung.inference.engine import SegmentationParams, segment
     from napari_samlung.inference.predictor import TilePredictor
     from napari_samlung.model import SamLung, SamLungConfig
-    from napari_samlung.sample_data import write_demo_slide
+    from napari_samlung.synthetic import write_demo_slide
     from napari_samlung.slide import open_slide
 
     work = Path(tempfile.mkdtemp())

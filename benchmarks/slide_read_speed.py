@@ -24,7 +24,7 @@ from skimage import data
 
 from napari_samlung.inference.tiling import TileGrid
 from napari_samlung.slide import open_slide
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 
 
 class TextureSource:

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_samlung.model import SamLung, SamLungConfig
     from napari_samlung.model.checkpoint import save_checkpoint
-    from napari_samlung.sample_data import write_demo_slide
+    from napari_samlung.synthetic import write_demo_slide
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="samlung-ui-"))
     work.mkdir(parents=True, exist_ok=True)

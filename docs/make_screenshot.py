@@ -6,7 +6,7 @@ Run under a display (Xvfb on a server)::
     xvfb-run -a python docs/make_screenshot.py --checkpoint best.pt [--sam-weights sam_vit_b_01ec64.pth]
 
 Without ``--checkpoint`` the script fine-tunes a tiny model for a few epochs on tiles of a
-synthetic slide (through the widget's own launcher, ``napari_samlung.finetuning``), so the picture
+synthetic slide (through the widget's own launcher, ``napari_samlung.training_runs.launcher``), so the picture
 shows a real, if modest, segmentation of the synthetic demo slide, plus one reviewed region.
 """
 
@@ -30,10 +30,10 @@ def train_tiny(workdir: Path, epochs: int) -> Path:
     import torch
 
     from napari_samlung.data import write_png
-    from napari_samlung.finetuning import FinetuneConfig, run_finetune
+    from napari_samlung.training_runs.launcher import FinetuneConfig, run_finetune
     from napari_samlung.model import SamLung, SamLungConfig
     from napari_samlung.model.checkpoint import save_checkpoint
-    from napari_samlung.sample_data import SyntheticSlide
+    from napari_samlung.synthetic import SyntheticSlide
 
     data = workdir / "data"
     source = SyntheticSlide((SLIDE_SIDE, SLIDE_SIDE), seed=1)  # another slide than the one shown
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_samlung.sample_data import write_demo_slide
+    from napari_samlung.synthetic import write_demo_slide
 
     workdir = Path(tempfile.mkdtemp(prefix="samlung-screenshot-"))
     os.environ["SAMLUNG_CONFIG_DIR"] = str(workdir / "config")  # leave the real settings alone

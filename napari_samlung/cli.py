@@ -84,7 +84,7 @@ def _segment(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from napari_samlung.inference.classmap import results_dir
+    from napari_samlung.results.folders import results_dir
     from napari_samlung.inference.engine import AlreadyComplete, SegmentationParams, segment
     from napari_samlung.inference.models import load_model
     from napari_samlung.inference.predictor import TilePredictor
@@ -171,11 +171,11 @@ _MODULE_COMMANDS = {
         "plain images) with the research code's post-processing, and write per-image metrics (TSV), a summary "
         "and optionally the masks."),
     "export": (
-        "napari_samlung.annotations.cli", "add_export_arguments", "run_export",
+        "napari_samlung.commands.export", "add_export_arguments", "run_export",
         "export a slide's results: training set of reviewed regions, GeoJSON, label TIFF",
         "Export a slide's class map and reviewed regions."),
     "demo": (
-        "napari_samlung.demo", "add_demo_arguments", "run_demo_command",
+        "napari_samlung.commands.demo", "add_demo_arguments", "run_demo_command",
         "run the whole loop on a built-in synthetic slide (CPU, a few minutes)",
         "Segment a synthetic slide with a tiny model, correct one region from the known truth, export it, "
         "fine-tune on it with two DDP processes, segment again, and print Dice before and after. --gui opens "

@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from napari_samlung.errors import SamLungError
 from napari_samlung.data.augment import PAD_VALUE
-from napari_samlung.data.files import write_atomic, write_png
+from napari_samlung.data.files import write_png
+from napari_samlung.files import write_atomic
 from napari_samlung.data.layouts import Pair, prediction_inputs
-from napari_samlung.data.samples import load_pair
+from napari_samlung.data.pairs import load_pair
 from napari_samlung.inference.postprocess import morphological_cleanup
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.metrics import METRIC_KEYS, ImageMetrics, image_metrics, mean_metrics
@@ -39,7 +41,7 @@ MAX_SIZE = 1024
 WINDOW_OVERLAP = 128
 
 
-class PredictError(ValueError):
+class PredictError(SamLungError):
     """Bad arguments to ``samlung predict``; the message names the argument."""
 
 

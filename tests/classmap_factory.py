@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 
 
 def make_classmap(

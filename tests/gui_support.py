@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from napari_samlung.gui.layers import ROLE
-from napari_samlung.sample_data import write_demo_slide
+from napari_samlung.synthetic import write_demo_slide
 
 PLUGIN = "napari-samlung"
 WIDGET = "SAM-Lung segmentation"

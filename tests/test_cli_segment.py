@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.model import SamLung, SamLungConfig, save_checkpoint
-from napari_samlung.sample_data import write_demo_slide
+from napari_samlung.synthetic import write_demo_slide
 
 
 def samlung(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gui_support import isolated_config  # noqa: F401  (fixture)
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.model import load_checkpoint
 from training_sets import read_events
 
@@ -52,7 +52,7 @@ def test_samlung_demo_runs_the_whole_loop_and_improves_the_segmentation(tmp_path
 def test_demo_gui_opens_the_slide_with_the_widget_docked(tmp_path, monkeypatch, qtbot):
     import napari
 
-    from napari_samlung import demo
+    from napari_samlung.commands import demo
 
     monkeypatch.setattr(napari, "run", lambda *a, **k: None)
     demo.open_gui(tmp_path / "demo")

@@ -10,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.inference.engine import (AlreadyComplete, SegmentationError, SegmentationParams, iter_segment,
                                              segment)
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.inference.stitching import Stitcher, TileKind
 from napari_samlung.inference.tiling import TileGrid
 from napari_samlung.model import SamLungConfig, normalize
-from napari_samlung.sample_data import SyntheticSlide, write_demo_slide
+from napari_samlung.synthetic import SyntheticSlide, write_demo_slide
 from napari_samlung.slide import open_slide
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 
 CONFIG = SamLungConfig.tiny(num_classes=1, img_size=128)
 

@@ -11,11 +11,11 @@ import tifffile
 from classmap_factory import make_classmap
 from slide_factory import he_texture
 
-from napari_samlung.annotations.cli import add_export_arguments, run_export
+from napari_samlung.commands.export import add_export_arguments, run_export
 from napari_samlung.data.files import read_rgb
 from napari_samlung.data.layouts import read_export_set
 from napari_samlung.slide import open_slide
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 
 
 def export(*argv: str) -> int:
@@ -78,7 +78,7 @@ def test_reviewed_only_geojson_holds_the_region_rectangles(results, tmp_path):
 )
 def test_bad_input_raises_one_line_errors_naming_the_path(results, tmp_path, setup, argv, message):
     if setup == "no-regions":
-        from napari_samlung.inference.classmap import ClassMap
+        from napari_samlung.results.classmap import ClassMap
 
         cm = ClassMap.open(results, mode="r+")
         cm.remove_reviewed(cm.reviewed[0]["id"])

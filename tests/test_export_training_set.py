@@ -13,10 +13,10 @@ from napari_samlung.annotations.errors import ExportError
 from napari_samlung.annotations.training_set import export_training_set, export_training_sets, plan_tiles
 from napari_samlung.data.files import read_gray, read_rgb
 from napari_samlung.data.layouts import discover_training_data, read_export_set
-from napari_samlung.data.samples import load_pair
+from napari_samlung.data.pairs import load_pair
 from napari_samlung.labels import IGNORE
 from napari_samlung.slide import open_slide
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 
 SLIDE_SHAPE = (512, 768)  # level 0; the class map is at scale 2: 256 x 384
 TILE = 64

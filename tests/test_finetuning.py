@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from napari_samlung.data import write_png
-from napari_samlung.finetuning import (
+from napari_samlung.training_runs.launcher import (
     FinetuneConfig,
     FinetuneError,
     build_command,

@@ -10,7 +10,7 @@ import pytest
 from classmap_factory import make_classmap, square_with_hole
 
 from napari_samlung.annotations.geojson import classmap_to_geojson, labels_to_features, trace_mask
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.labels import class_color
 
 

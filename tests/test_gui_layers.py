@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gui_support import isolated_config  # noqa: F401  (fixtures)
-from napari_samlung.annotations.review import start_review
-from napari_samlung.gui.geometry import SlideFrame, grow
+from napari_samlung.results.drafts import start_review
+from napari_samlung.geometry import SlideFrame, grow
 from napari_samlung.gui.layers import (
     DRAFT_BOX,
     DRAFT_ID,
@@ -17,13 +17,13 @@ from napari_samlung.gui.layers import (
     ROLE,
     classmap_layer,
     draft_layer,
-    find_results,
     label_colors,
     reviewed_layer,
 )
 from napari_samlung.gui.model_cache import PredictorCache, check_model_files
 from napari_samlung.gui.settings import WidgetSettings, load_settings, save_settings, settings_path
-from napari_samlung.inference.classmap import ClassMap, results_dir
+from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.folders import find_results, results_dir
 from napari_samlung.labels import IGNORE, TUMOR
 
 MICRONS = SlideFrame((0.5, 0.5), (0.0, 0.0), ("um", "um"))

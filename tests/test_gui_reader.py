@@ -24,7 +24,8 @@ from gui_support import (  # noqa: F401  (fixtures)
 from napari_samlung.gui import _sample_data
 from napari_samlung.gui._reader import get_reader
 from napari_samlung.gui.layers import RESULTS, ROLE, SLIDE_PATH
-from napari_samlung.inference.classmap import ClassMap, results_dir
+from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.folders import results_dir
 from napari_samlung.labels import TUMOR
 
 pytestmark = pytest.mark.gui

@@ -25,11 +25,12 @@ from gui_support import (  # noqa: F401  (fixtures)
     view,
     wait_for,
 )
-from napari_samlung.annotations.review import list_drafts
+from napari_samlung.results.drafts import list_drafts
 from napari_samlung.data import SegmentationDataset, discover_training_data, read_export_set
 from napari_samlung.gui.layers import ROLE
 from napari_samlung.gui.settings import load_settings
-from napari_samlung.inference.classmap import ClassMap, results_dir
+from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.folders import results_dir
 from napari_samlung.labels import IGNORE, TUMOR
 from napari_samlung.slide import Slide
 

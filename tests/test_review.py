@@ -7,8 +7,8 @@ import pytest
 from classmap_factory import make_classmap, square_with_hole
 
 from napari_samlung.annotations import review
-from napari_samlung.annotations.review import ReviewError, list_drafts, open_draft, start_review
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.drafts import ReviewError, list_drafts, open_draft, start_review
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.labels import IGNORE
 
 SHAPE = (300, 520)  # three pyramid levels: 300x520, 150x260, 75x130

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_samlung.slide import SlideError, open_slide
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 from slide_factory import he_texture
 
 IMAGE = he_texture(256, 320)

@@ -11,7 +11,7 @@ import tifffile
 import zarr
 
 from napari_samlung.slide import LevelView, open_slide
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 from slide_factory import he_texture, reduce2, write_generic, write_ndpi, write_ome_planes, write_svs_rgb_j2k
 
 SRC = he_texture(600, 832, seed=1)

@@ -13,7 +13,7 @@ import torch
 
 from napari_samlung.slide import open_slide
 from napari_samlung.slide.tiles import FileBytes, TileCache
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 from slide_factory import he_texture, reduce2
 
 SRC = he_texture(456, 600, seed=2)  # 64 px tiles: partial tiles at the right and bottom edges

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_samlung.slide import TissueMask, TissueParams, open_slide, tissue_mask
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 from slide_factory import he_texture, slide_with_tissue, tissue_everywhere
 
 H, W = 1200, 1600

@@ -8,7 +8,7 @@ import tifffile
 import zarr
 
 from napari_samlung.slide import open_slide
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 from slide_factory import he_texture, reduce2
 
 RGB = he_texture(300, 457, seed=4)  # odd width: the last column of each level is a half block

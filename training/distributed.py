@@ -11,8 +11,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from napari_samlung.errors import SamLungError
 
-class DistributedSetupError(ValueError):
+
+class DistributedSetupError(SamLungError):
     """The distributed options and the environment do not fit together."""
 
 

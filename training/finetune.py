@@ -30,6 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from napari_samlung.errors import SamLungError
 from napari_samlung.data import (
     AugmentConfig,
     DataError,
@@ -38,7 +39,7 @@ from napari_samlung.data import (
     check_pairs,
     discover_training_data,
 )
-from napari_samlung.data.files import write_atomic
+from napari_samlung.files import write_atomic
 from napari_samlung.evaluate import (
     PredictError,
     Postprocess,
@@ -70,7 +71,7 @@ SIZE_MULTIPLE = 16
 RESUME_KIND = "samlung-finetune-state"
 
 
-class UsageError(ValueError):
+class UsageError(SamLungError):
     """Options that do not fit together or do not fit the data."""
 
 

@@ -17,19 +17,18 @@ hole touch its exterior, which QuPath tolerates.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from napari_samlung.inference.classmap import Box, ClassMap, intersect
+from napari_samlung.geometry import Box, intersect
+from napari_samlung.results.classmap import ClassMap
+from napari_samlung.files import write_json_atomic
 from napari_samlung.labels import class_color, class_name
 
 #: Longest side, in pixels, of the image traced by default: bounds memory and time on whole slides.
@@ -127,21 +126,8 @@ def classmap_to_geojson(
         features += [_rectangle_feature(classmap, record) for record in classmap.reviewed]
     collection = {"type": "FeatureCollection", "features": features}
     if path is not None:
-        write_json(path, collection)
+        write_json_atomic(path, collection)
     return collection
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as compact JSON through a temporary file in the same folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- tracing helpers ------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.labels import IGNORE, class_name
-from napari_samlung.slide.writer import Progress, write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import Progress, write_pyramidal_tiff
 
 
 def label_description(classmap: ClassMap) -> str:

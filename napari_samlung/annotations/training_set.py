@@ -35,7 +35,8 @@ import numpy as np
 from napari_samlung.annotations.errors import ExportError
 from napari_samlung.data.files import DataError
 from napari_samlung.data.layouts import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, read_export_set
-from napari_samlung.inference.classmap import Box, ClassMap, intersect, now
+from napari_samlung.geometry import Box, intersect
+from napari_samlung.results.classmap import ClassMap, now
 from napari_samlung.labels import IGNORE
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from napari_samlung.data.layouts import (
     prediction_inputs,
     read_export_set,
 )
-from napari_samlung.data.samples import check_pairs, load_pair
+from napari_samlung.data.pairs import check_pairs, load_pair
 
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, Sampler
 from napari_samlung.data.augment import AugmentConfig, crop_or_pad, pad_to_multiple
 from napari_samlung.data.augment import augment as apply_augment
 from napari_samlung.data.layouts import Pair
-from napari_samlung.data.samples import load_pair
+from napari_samlung.data.pairs import load_pair
 
 
 class SegmentationDataset(Dataset):

@@ -6,18 +6,19 @@ can print it as one line.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import imagecodecs
 import numpy as np
 
+from napari_samlung.errors import SamLungError
+from napari_samlung.files import write_atomic
+
 #: File name endings accepted for images and labels.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(SamLungError):
     """Bad training or evaluation data; the message names the file or folder and the problem."""
 
 
@@ -64,20 +65,6 @@ def read_gray(path: Path) -> np.ndarray:
     if array.ndim != 2:
         raise DataError(f"{path}: expected a single-channel label image, found shape {array.shape}")
     return array
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name in the same folder, then rename it, so
-    readers never see a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

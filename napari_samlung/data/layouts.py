@@ -6,7 +6,7 @@
 2. Exported correction set: ``SET/manifest.json`` (format ``samlung-training-set``, version 1)
    listing ``images/<id>.png`` and ``labels/<id>.png`` (0 background, 1..N classes, 255 ignored).
 
-Discovery only looks at names and the manifest; :mod:`napari_samlung.data.samples` decodes the
+Discovery only looks at names and the manifest; :mod:`napari_samlung.data.pairs` decodes the
 files and checks sizes and label values.
 """
 

@@ -18,7 +18,7 @@ from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
 from napari_samlung.annotations.training_set import export_training_set
 from napari_samlung.gui._common import PathEdit
 from napari_samlung.gui._viewer import SlideContext, UserError
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 
 if TYPE_CHECKING:
     from napari_samlung.gui._widget import SamLungWidget

@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPlainTe
 
 from napari_samlung.annotations.training_set import export_training_set
 from napari_samlung.data import read_export_set
-from napari_samlung.finetuning import FinetuneConfig, FinetuneProgress, FinetuneResult, run_finetune
+from napari_samlung.training_runs.launcher import FinetuneConfig, FinetuneProgress, FinetuneResult, run_finetune
 from napari_samlung.gui._common import Job
 from napari_samlung.gui._viewer import UserError
 from napari_samlung.gui.model_cache import check_model_files

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from napari_samlung.gui.layers import LayerData, find_results, results_layers, slide_frame, slide_layer
+from napari_samlung.gui.layers import LayerData, results_layers, slide_frame, slide_layer
+from napari_samlung.results.folders import find_results
 from napari_samlung.gui.settings import load_settings
-from napari_samlung.inference.classmap import ClassMapError
+from napari_samlung.results.classmap import ClassMapError
 from napari_samlung.slide import SlideError, open_slide
 
 EXTENSIONS = (".svs", ".ndpi", ".tif", ".tiff")  # .ome.tif(f) end in .tif(f)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from napari_samlung.annotations.review import Draft, list_drafts, open_draft, start_review
+from napari_samlung.results.drafts import Draft, list_drafts, open_draft, start_review
 from napari_samlung.gui._viewer import (
     SlideContext,
     UserError,
@@ -28,7 +28,8 @@ from napari_samlung.gui._viewer import (
     visible_box,
 )
 from napari_samlung.gui.layers import DRAFT_ID, RESULTS, draft_layer
-from napari_samlung.inference.classmap import ClassMap, intersect
+from napari_samlung.geometry import intersect
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.labels import TUMOR
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from napari_samlung.gui._reader import read_slide
 from napari_samlung.gui.layers import LayerData
-from napari_samlung.sample_data import write_demo_slide
+from napari_samlung.synthetic import write_demo_slide
 from napari_samlung.slide import open_slide
 
 ENV_VAR = "SAMLUNG_CACHE_DIR"

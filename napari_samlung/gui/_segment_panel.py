@@ -20,9 +20,10 @@ from qtpy.QtWidgets import (
 
 from napari_samlung.gui._common import PathEdit
 from napari_samlung.gui._viewer import UserError, visible_box
-from napari_samlung.gui.geometry import grow
+from napari_samlung.geometry import grow
 from napari_samlung.gui.model_cache import check_model_files
-from napari_samlung.inference.classmap import ClassMap, intersect
+from napari_samlung.geometry import intersect
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.inference.engine import AlreadyComplete, Progress, SegmentationParams, iter_segment
 from napari_samlung.inference.predictor import resolve_device
 

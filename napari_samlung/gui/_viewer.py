@@ -11,7 +11,8 @@ from pathlib import Path
 
 from napari.layers import Image, Labels, Layer, Shapes
 
-from napari_samlung.gui.geometry import Box, SlideFrame
+from napari_samlung.errors import SamLungError
+from napari_samlung.geometry import Box, SlideFrame
 from napari_samlung.gui.layers import (
     DRAFT_ID,
     RESULTS,
@@ -22,10 +23,10 @@ from napari_samlung.gui.layers import (
     reviewed_layer,
     reviewed_rectangles,
 )
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 
 
-class UserError(ValueError):
+class UserError(SamLungError):
     """Something the person at the viewer must change first (shown as a message, nothing done)."""
 
 

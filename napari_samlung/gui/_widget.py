@@ -15,7 +15,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_samlung.annotations.review import list_drafts
+from napari_samlung.results.drafts import list_drafts
 from napari_samlung.gui._common import USER_ERRORS, Job, user_message
 from napari_samlung.gui._export_panel import ExportPanel
 from napari_samlung.gui._finetune_panel import FinetunePanel
@@ -29,10 +29,10 @@ from napari_samlung.gui._viewer import (
     show_classmap,
     show_reviewed,
 )
-from napari_samlung.gui.layers import find_results
 from napari_samlung.gui.model_cache import PredictorCache
 from napari_samlung.gui.settings import load_settings, save_settings
-from napari_samlung.inference.classmap import ClassMap, results_dir
+from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.folders import find_results, results_dir
 from napari_samlung.slide import Slide, open_slide
 
 if TYPE_CHECKING:

@@ -17,13 +17,13 @@ from napari_samlung.annotations.geojson import (
     MAX_TRACE_SIZE,
     classmap_to_geojson,
     labels_to_features,
-    write_json,
 )
 from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
+from napari_samlung.files import write_json_atomic
 from napari_samlung.gui.layers import DRAFT_BOX, RESULTS, ROLE
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.labels import IGNORE
-from napari_samlung.slide.writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 
 
 def _classmap_of(attributes: dict[str, Any]) -> ClassMap | None:
@@ -82,6 +82,6 @@ def write_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]
         origin, pixel = (y * cm.scale, x * cm.scale), pixel * cm.scale
     num_classes = cm.num_classes if cm is not None else int(labels[labels != IGNORE].max(initial=1))
     features = labels_to_features(labels, num_classes, origin=origin, pixel_size=pixel)
-    write_json(path, {"type": "FeatureCollection", "features": features})
+    write_json_atomic(path, {"type": "FeatureCollection", "features": features})
     return [path]
 

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from napari_samlung.annotations.review import Draft
-from napari_samlung.gui.geometry import SlideFrame
-from napari_samlung.inference.classmap import ClassMap, results_dir
+from napari_samlung.results.drafts import Draft
+from napari_samlung.geometry import SlideFrame
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.labels import BACKGROUND, IGNORE, class_color
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -122,12 +122,6 @@ def draft_layer(draft: Draft, frame: SlideFrame, slide_path: str | os.PathLike, 
         **_placed(frame, cm.scale, draft.box[:2]),
     }
     return draft.data, kwargs, "labels"
-
-
-def find_results(slide_path: str | os.PathLike, project_dir: str | os.PathLike | None = None) -> Path | None:
-    """The result folder holding a class map for the slide: in ``project_dir`` first, then beside it."""
-    candidates = ([results_dir(slide_path, project_dir)] if project_dir else []) + [results_dir(slide_path)]
-    return next((root for root in candidates if ClassMap.exists(root)), None)
 
 
 def results_layers(root: Path, frame: SlideFrame, slide_path: str | os.PathLike,

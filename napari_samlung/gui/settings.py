@@ -2,7 +2,7 @@
 
 ``SAMLUNG_CONFIG_DIR`` overrides the folder (tests point it at a temporary one, so they never
 touch a person's real settings). A missing or damaged file gives the defaults; values of the
-wrong type are dropped one by one. Saving is atomic (temporary file + ``os.replace``).
+wrong type are dropped one by one. Saving is atomic (:func:`napari_samlung.files.write_json_atomic`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from napari_samlung.files import write_json_atomic
 
 ENV_VAR = "SAMLUNG_CONFIG_DIR"
 FILE_NAME = "settings.json"
@@ -57,9 +58,4 @@ def save_settings(settings: WidgetSettings, path: Path | None = None) -> None:
     """Write ``settings`` atomically, creating the folder when needed."""
     path = path or settings_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(dataclasses.asdict(settings), indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(path, dataclasses.asdict(settings), indent=1)

@@ -23,16 +23,18 @@ from typing import Any, Callable, Generator
 import numpy as np
 import torch
 
-from napari_samlung.inference.classmap import Box, ClassMap, intersect, now
+from napari_samlung.errors import SamLungError
+from napari_samlung.geometry import Box, intersect
+from napari_samlung.results.classmap import ClassMap, now
 from napari_samlung.inference.loader import TileLoader
 from napari_samlung.inference.postprocess import halo, morphological_cleanup
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.inference.stitching import Block, Stitcher, TileKind
 from napari_samlung.inference.tiling import TileGrid
-from napari_samlung.inference.writer import ChunkWriter, read_progress, remove_progress
+from napari_samlung.inference.classmap_writer import ChunkWriter, read_progress, remove_progress
 
 
-class SegmentationError(ValueError):
+class SegmentationError(SamLungError):
     """Settings or inputs that cannot be segmented (the message says which and why)."""
 
 

@@ -15,7 +15,8 @@ from enum import Enum
 
 import torch
 
-from napari_samlung.inference.tiling import Box, TileGrid
+from napari_samlung.geometry import Box
+from napari_samlung.inference.tiling import TileGrid
 
 
 class TileKind(Enum):

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-Box = tuple[int, int, int, int]  # (y, x, h, w)
+from napari_samlung.geometry import Box
 
 
 class Axis:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ import torch
 
 from .config import SamLungConfig
 from .samlung import SamLung
+from napari_samlung.errors import SamLungError
+from napari_samlung.files import atomic_file
 
 FORMAT_TAG = "napari-samlung-checkpoint"
 FORMAT_VERSION = 1
@@ -39,7 +40,7 @@ _PLAIN_SCALARS = (bool, int, float, str)
 PathLike = str | os.PathLike
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SamLungError):
     """A weights or checkpoint file that cannot be used; the message names the file."""
 
 
@@ -199,7 +200,7 @@ def save_checkpoint(model: SamLung, path: PathLike, include_encoder: bool = Fals
     """Write config + adapters/head state (+ the SAM encoder weights with ``include_encoder``)
     + ``extra`` (trainer state: dicts/lists/tuples of str, int, float, bool, None and tensors).
 
-    The file appears atomically (temporary name in the same folder, then ``os.replace``).
+    The file appears atomically (:func:`napari_samlung.files.atomic_file`).
     """
     if not isinstance(model, SamLung):
         raise TypeError(f"save_checkpoint needs a SamLung model, got {type(model).__name__}")
@@ -217,16 +218,8 @@ def save_checkpoint(model: SamLung, path: PathLike, include_encoder: bool = Fals
     if include_encoder:
         content["encoder"] = {k: v.detach().cpu() for k, v in model.image_encoder.sam_state_dict().items()}
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, fsync=True) as f:
+        torch.save(content, f)
     return path
 
 

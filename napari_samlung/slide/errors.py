@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_samlung.errors import SamLungError
 
-class SlideError(Exception):
+
+class SlideError(SamLungError):
     """A slide file is missing, unreadable, truncated or of an unsupported kind.
 
     The message always names the file, so a command line can print it as it is.

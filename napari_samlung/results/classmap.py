@@ -26,7 +26,9 @@ import numcodecs
 import numpy as np
 import zarr
 
-from napari_samlung.data.files import write_atomic
+from napari_samlung.errors import SamLungError
+from napari_samlung.files import write_atomic
+from napari_samlung.geometry import Box, intersect
 from napari_samlung.labels import BACKGROUND, class_name
 
 FORMAT = "samlung-classmap"
@@ -36,33 +38,15 @@ PYRAMID_CHUNK = 512
 ZSTD_LEVEL = 1
 MIN_LEVEL_SIZE = 256
 
-Box = tuple[int, int, int, int]  # (y, x, h, w)
-
-
 _ZSTD = numcodecs.Zstd(level=ZSTD_LEVEL)
 
 
-class ClassMapError(ValueError):
+class ClassMapError(SamLungError):
     """A class map folder that is missing, of another format, or inconsistent."""
 
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def intersect(a: Box, b: Box) -> Box | None:
-    """Intersection of two boxes, or None when they do not overlap."""
-    y0, x0 = max(a[0], b[0]), max(a[1], b[1])
-    y1, x1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
-    return (y0, x0, y1 - y0, x1 - x0) if y1 > y0 and x1 > x0 else None
-
-
-def results_dir(slide_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
-    """Where a slide's results live: ``OUT/<stem>.samlung`` or next to the slide."""
-    slide_path = Path(slide_path)
-    name = slide_path.name.split(".")[0] if slide_path.name.endswith(".ome.tif") else slide_path.stem
-    parent = Path(out_dir) if out_dir is not None else slide_path.parent
-    return parent / f"{name}.samlung"
 
 
 def level_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:

@@ -131,7 +131,7 @@ def write_demo_slide(path: str | os.PathLike, shape: tuple[int, int] = (3072, 30
                      seed: int = 0, background: bool = True, tumor: bool = True, tile: int = 256,
                      compression: str = "jpeg") -> SyntheticSlide:
     """Write a pyramidal, Aperio-style synthetic slide to ``path``; returns its generator (for ``truth``)."""
-    from napari_samlung.slide.writer import write_pyramidal_tiff
+    from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 
     slide = SyntheticSlide(shape, seed, background=background, tumor=tumor)
     write_pyramidal_tiff(Path(path), slide, mpp=mpp, tile=tile, compression=compression, kind="rgb", flavor="svs")

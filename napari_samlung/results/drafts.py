@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from napari_samlung.inference.classmap import Box, ClassMap
+from napari_samlung.errors import SamLungError
+from napari_samlung.geometry import Box
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.labels import IGNORE
 
 DRAFTS_DIR = "drafts"
@@ -34,7 +36,7 @@ DRAFT_ATTR = "samlung-draft"
 DRAFT_CHUNK = 256
 
 
-class ReviewError(ValueError):
+class ReviewError(SamLungError):
     """A draft that cannot be started, opened or applied (the message says which and why)."""
 
 

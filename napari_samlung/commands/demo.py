@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_samlung.inference.classmap import Box, ClassMap
+from napari_samlung.geometry import Box
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.metrics import dice_score as dice
 
 SLIDE_SIDE = 2048
@@ -102,7 +103,7 @@ def prepare(paths: DemoPaths):
 
     from napari_samlung.data import write_png
     from napari_samlung.model import SamLung, SamLungConfig, save_checkpoint
-    from napari_samlung.sample_data import SyntheticSlide, write_demo_slide
+    from napari_samlung.synthetic import SyntheticSlide, write_demo_slide
 
     paths.root.mkdir(parents=True, exist_ok=True)
     synthetic = SyntheticSlide((SLIDE_SIDE, SLIDE_SIDE))
@@ -120,9 +121,9 @@ def prepare(paths: DemoPaths):
 
 def run_demo(root: Path, *, epochs: int = 60, nproc: int = 2) -> dict:
     """Run the loop in ``root``; returns the figures printed at the end."""
-    from napari_samlung.annotations.review import start_review
+    from napari_samlung.results.drafts import start_review
     from napari_samlung.annotations.training_set import export_training_set
-    from napari_samlung.finetuning import FinetuneConfig, run_finetune
+    from napari_samlung.training_runs.launcher import FinetuneConfig, run_finetune
     from napari_samlung.slide import open_slide
 
     start = time.monotonic()

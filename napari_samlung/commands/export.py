@@ -16,7 +16,7 @@ from napari_samlung.annotations.errors import ExportError
 from napari_samlung.annotations.geojson import classmap_to_geojson
 from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
 from napari_samlung.annotations.training_set import export_training_set
-from napari_samlung.inference.classmap import ClassMap
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.slide import SlideError, open_slide
 
 

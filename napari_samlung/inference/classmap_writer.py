@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from napari_samlung.inference.classmap import Box, ClassMap, intersect
+from napari_samlung.geometry import Box, intersect
+from napari_samlung.results.classmap import ClassMap
 from napari_samlung.inference.stitching import Block
 
 if TYPE_CHECKING:

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generator
 
+from napari_samlung.errors import SamLungError
+
 METRICS_FILE = "metrics.jsonl"
 CONSOLE_FILE = "console.log"
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class FinetuneError(ValueError):
+class FinetuneError(SamLungError):
     """A fine-tuning run that cannot start or that failed (the message says why)."""
 
 

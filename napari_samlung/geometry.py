@@ -1,4 +1,7 @@
-"""Coordinates between napari's world, level-0 slide pixels and class-map pixels (no Qt).
+"""Boxes, and coordinates between napari's world, level-0 slide pixels and class-map pixels.
+
+One module for the geometry every part shares: the ``(y, x, h, w)`` box of the engine, the class
+map and the widget, and the slide frame that places class-map pixels in napari's world (no Qt).
 
 napari puts the centre of data pixel ``k`` of a layer at world ``translate + k * scale``. The
 slide frame (level 0) uses the convention of the engine and the class map: pixel ``k`` covers the
@@ -62,6 +65,13 @@ class SlideFrame:
         half_h, half_w = canvas[0] / (2 * zoom), canvas[1] / (2 * zoom)
         cy, cx = center
         return self.world_rect_to_box(cy - half_h, cx - half_w, cy + half_h, cx + half_w)
+
+
+def intersect(a: Box, b: Box) -> Box | None:
+    """Intersection of two boxes, or None when they do not overlap."""
+    y0, x0 = max(a[0], b[0]), max(a[1], b[1])
+    y1, x1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    return (y0, x0, y1 - y0, x1 - x0) if y1 > y0 and x1 > x0 else None
 
 
 def grow(box: Box, margin: int) -> Box:

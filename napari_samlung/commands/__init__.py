@@ -1,0 +1,1 @@
+"""The `samlung` commands, one module each; `napari_samlung.cli` only dispatches."""
