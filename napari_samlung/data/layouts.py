@@ -193,7 +193,7 @@ def stable_fraction(name: str) -> float:
 def hold_out(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
     """Split ``pairs`` into (train, val) by a stable hash of the name; at least one of each."""
     if not 0 < fraction < 1:
-        raise DataError(f"--val-fraction must be between 0 and 1, got {fraction}")
+        raise DataError(f"must be between 0 and 1, got {fraction}", param="val_fraction")
     if len(pairs) < 2:
         raise DataError("no validation data and only one training pair: cannot hold one out "
                         "(add a val split)")
@@ -225,7 +225,7 @@ def discover_training_data(
     for raw in data_paths:
         root = Path(raw)
         if not root.is_dir():
-            raise DataError(f"{root}: --data-path is not a folder")
+            raise DataError(f"{root}: {{opt:data_path}} is not a folder")
         if (root / MANIFEST_NAME).is_file():
             export = read_export_set(root)
             manifests.append(export)
@@ -244,11 +244,11 @@ def discover_training_data(
         elif export.num_classes != num_classes:
             raise DataError(
                 f"{export.root / MANIFEST_NAME}: num_classes is {export.num_classes}, but {num_classes} "
-                "is expected (--num-classes or another data path)"
+                "is expected ({opt:num_classes} or another data path)"
             )
     num_classes = 1 if num_classes is None else num_classes
     if num_classes < 1:
-        raise DataError(f"--num-classes must be >= 1, got {num_classes}")
+        raise DataError(f"must be >= 1, got {num_classes}", param="num_classes")
 
     mpps = sorted({export.mpp for export in manifests if export.mpp is not None})
     mpp = mpps[0] if len(mpps) == 1 else None
@@ -267,7 +267,7 @@ def discover_training_data(
         notes.append(
             f"no validation data: held out {len(by_split['val'])} of "
             f"{len(by_split['train']) + len(by_split['val'])} training pairs "
-            f"(--val-fraction {val_fraction}, chosen by a hash of the name)"
+            f"({{opt:val_fraction}} {val_fraction}, chosen by a hash of the name)"
         )
     return TrainingData(**by_split, num_classes=num_classes, mpp=mpp, tile_size=tile_size, notes=notes)
 
@@ -277,7 +277,7 @@ def prediction_inputs(folder: Path | str) -> list[Pair]:
     export set (all its tiles), or a plain folder of images (labels None: predict only)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: --data-path is not a folder")
+        raise DataError(f"{folder}: {{opt:data_path}} is not a folder")
     if (folder / MANIFEST_NAME).is_file():
         return list(read_export_set(folder).pairs)
     if (folder / "mask").is_dir():

@@ -59,17 +59,17 @@ class SegmentationParams:
 
     def validate(self) -> None:
         if self.tile_size is not None and (self.tile_size < 32 or self.tile_size % 16):
-            raise SegmentationError(f"--tile-size must be a multiple of 16 of at least 32, got {self.tile_size}")
+            raise SegmentationError(f"must be a multiple of 16 of at least 32, got {self.tile_size}", param="tile_size")
         if self.overlap is not None and self.overlap < 0:
-            raise SegmentationError(f"--overlap must not be negative, got {self.overlap}")
+            raise SegmentationError(f"must not be negative, got {self.overlap}", param="overlap")
         if self.batch_size < 1:
-            raise SegmentationError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise SegmentationError(f"must be at least 1, got {self.batch_size}", param="batch_size")
         if self.target_mpp is not None and not self.target_mpp > 0:
-            raise SegmentationError(f"--target-mpp must be positive, got {self.target_mpp}")
+            raise SegmentationError(f"must be positive, got {self.target_mpp}", param="target_mpp")
         if not 0 <= self.tissue_threshold <= 1:
-            raise SegmentationError(f"tissue threshold must be between 0 and 1, got {self.tissue_threshold}")
+            raise SegmentationError(f"must be between 0 and 1, got {self.tissue_threshold}", param="tissue_threshold")
         if self.kernel_size < 1 or self.iterations < 0:
-            raise SegmentationError("post-processing needs --kernel-size >= 1 and --iterations >= 0")
+            raise SegmentationError("post-processing needs {opt:kernel_size} >= 1 and {opt:iterations} >= 0")
 
 
 @dataclass
@@ -120,7 +120,7 @@ def plan_segmentation(slide, predictor: TilePredictor, params: SegmentationParam
     if slide_mpp is None or target_mpp is None:
         scale = 1.0
         if slide_mpp is None:
-            notes.append(f"{slide.path.name}: microns per pixel unknown (give --mpp); segmenting at level 0")
+            notes.append(f"{slide.path.name}: microns per pixel unknown (give {{opt:mpp}}); segmenting at level 0")
     else:
         scale = target_mpp / slide_mpp
         if scale < 0.95:
@@ -131,19 +131,19 @@ def plan_segmentation(slide, predictor: TilePredictor, params: SegmentationParam
     tile = params.tile_size or predictor.tile_size
     overlap = params.overlap if params.overlap is not None else tile // 8
     if overlap >= tile / 2:
-        raise SegmentationError(f"--overlap must be less than half the tile size ({tile}), got {overlap}")
+        raise SegmentationError(f"must be less than half the tile size ({tile}), got {overlap}", param="overlap")
     if region is None:
         box = (0, 0, *shape)
     else:
         y, x, h, w = region
         if h <= 0 or w <= 0:
-            raise SegmentationError(f"--region: width and height must be positive, got {w} x {h}")
+            raise SegmentationError(f"width and height must be positive, got {w} x {h}", param="region")
         inside = intersect((y, x, h, w), (0, 0, h0, w0))
         if inside is None:
-            raise SegmentationError(f"--region (x={x}, y={y}, w={w}, h={h}) lies outside the slide "
-                                    f"({w0} x {h0} pixels at level 0)")
+            raise SegmentationError(f"(x={x}, y={y}, w={w}, h={h}) lies outside the slide "
+                                    f"({w0} x {h0} pixels at level 0)", param="region")
         if inside != (y, x, h, w):
-            notes.append("--region reaches past the slide; clipped to the slide")
+            notes.append("{opt:region} reaches past the slide; clipped to the slide")
         y, x, h, w = inside
         y0, x0 = math.floor(y / scale), math.floor(x / scale)
         y1, x1 = min(shape[0], math.ceil((y + h) / scale)), min(shape[1], math.ceil((x + w) / scale))
@@ -181,7 +181,7 @@ def _open_classmap(root: Path, slide, predictor: TilePredictor, plan: Plan, over
         if not overwrite and cm.status != "empty":
             raise SegmentationError(
                 f"{root}: the existing class map was made at another resolution or with other classes; "
-                "use --overwrite to replace it")
+                "use {opt:overwrite} to replace it")
     return ClassMap.create(root, plan.shape, scale=plan.scale, num_classes=predictor.num_classes,
                            slide=slide_meta, model=model_meta, overwrite=True)
 
@@ -210,12 +210,12 @@ def iter_segment(
     job = _job(plan, predictor, params)
     if plan.whole_slide:
         if cm.status == "complete" and not overwrite:
-            raise AlreadyComplete(f"{root}: already complete (use --overwrite to segment again)")
+            raise AlreadyComplete(f"{root}: already complete (use {{opt:overwrite}} to segment again)")
         unfinished = cm.meta.get("job") if cm.status == "incomplete" else None
         if unfinished not in (None, job) and not overwrite:
             raise SegmentationError(
                 f"{root}: an unfinished run with other settings is there; rerun it with the same settings to "
-                "resume, or use --overwrite")
+                "resume, or use {opt:overwrite}")
         resuming = unfinished == job and not overwrite
         if not resuming:
             remove_progress(log_path)

@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from .config import SamLungConfig
-from .samlung import SamLung
 from napari_samlung.errors import SamLungError
 from napari_samlung.files import atomic_file
+
+from .config import SamLungConfig
+from .samlung import SamLung
 
 FORMAT_TAG = "napari-samlung-checkpoint"
 FORMAT_VERSION = 1
@@ -88,7 +89,7 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
     if not isinstance(content, dict) or content.get("format") != FORMAT_TAG:
         is_state_dict = isinstance(content, dict) and content and all(
             isinstance(v, torch.Tensor) for v in content.values())
-        hint = " (it looks like model weights: an official SAM file goes to --sam-weights)"
+        hint = " (it looks like model weights: an official SAM file goes to {opt:sam_weights})"
         hint = hint if is_state_dict else ""
         raise CheckpointError(f"{path}: not a napari-samlung checkpoint{hint}")
     version = content.get("format_version")
@@ -255,7 +256,7 @@ def load_checkpoint(path: PathLike, sam_weights: PathLike | dict[str, Any] | Non
     content = read_checkpoint(path)
     if "encoder" not in content and sam_weights is None:
         raise CheckpointError(f"{path}: holds only the adapters and head, not the SAM encoder weights; "
-                              "pass the official SAM ViT-B file (sam_vit_b_01ec64.pth) with --sam-weights")
+                              "pass the official SAM ViT-B file (sam_vit_b_01ec64.pth) with {opt:sam_weights}")
     config = SamLungConfig.from_dict(content["config"])
     with torch.device("meta"):  # no random initialization: every tensor is filled from the files below
         model = SamLung(config)

@@ -208,7 +208,7 @@ class ClassMap:
         """``box`` clipped to the map; ValueError when nothing is left."""
         inside = intersect(box, (0, 0, *self.shape))
         if inside is None:
-            raise ValueError(f"box {tuple(box)} lies outside the class map of shape {self.shape}")
+            raise ClassMapError(f"box {tuple(box)} lies outside the class map of shape {self.shape}")
         return inside
 
     def to_slide(self, box: Box) -> Box:
@@ -279,7 +279,7 @@ class ClassMap:
         """Write a block at level 0 and the matching samples of every coarser level."""
         y, x, h, w = box
         if labels.shape != (h, w):
-            raise ValueError(f"labels of shape {labels.shape} do not fit box {box}")
+            raise ClassMapError(f"labels of shape {labels.shape} do not fit box {box}")
         self.levels[0][y:y + h, x:x + w] = labels
         self._write_pyramid(box, labels)
 

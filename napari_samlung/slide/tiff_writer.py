@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_samlung.errors import FileAccessError
+
 from .color import rgb_to_ycbcr
 
 COMPRESSIONS = {"jpeg": "jpeg", "jpeg2000": "jpeg2000", "zlib": "zlib", "lzw": "lzw", "zstd": "zstd",
@@ -97,7 +99,7 @@ def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | None =
 def _validate(path, source, mpp, tile, compression, levels, factor, kind, flavor, associated,
               description) -> None:
     if not path.parent.is_dir():
-        raise ValueError(f"{path}: the folder {path.parent} does not exist")
+        raise FileAccessError(f"{path}: the folder {path.parent} does not exist")
     shape, dtype = tuple(getattr(source, "shape", ())), np.dtype(getattr(source, "dtype", "O"))
     if kind == "rgb":
         if len(shape) != 3 or shape[2] != 3 or dtype != np.uint8:
