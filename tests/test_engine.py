@@ -190,7 +190,7 @@ def test_a_complete_class_map_is_only_recomputed_with_overwrite(textured_slide, 
 
 
 def test_cancel_stops_within_one_batch_and_the_run_resumes(textured_slide, tmp_path, monkeypatch):
-    from napari_samlung.inference import classmap
+    from napari_samlung.results import classmap
 
     monkeypatch.setattr(classmap, "CHUNK", 256)  # so that some chunks are finished before the cancel
     root = tmp_path / "out.samlung"
@@ -259,7 +259,8 @@ def test_resolution_follows_the_models_microns_per_pixel(textured_slide, tmp_pat
 
 
 def test_a_region_reviewed_during_a_run_is_kept(textured_slide, tmp_path, monkeypatch):
-    from napari_samlung.inference import classmap, writer
+    from napari_samlung.inference import classmap_writer as writer
+    from napari_samlung.results import classmap
 
     monkeypatch.setattr(writer, "PROTECT_REFRESH_S", 0.0)
     monkeypatch.setattr(classmap, "CHUNK", 256)  # several chunk rows on this small slide

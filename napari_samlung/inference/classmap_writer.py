@@ -4,7 +4,10 @@ Blocks arrive from the stitcher as device tensors. ``submit`` starts one asynchr
 host per batch, on a CUDA stream of its own so it overlaps the next batch's compute, and returns
 at once; the writer thread waits for the copy, places the blocks into
 chunk buffers and writes each chunk (with its pyramid samples) when its last pixel is in. A
-finished chunk is appended to ``progress.log``, so an interrupted run resumes from there. Pixels
+finished chunk is appended to ``progress.log``, so an interrupted run resumes from there. When a
+run stops early (cancel, Ctrl-C), :meth:`ChunkWriter.close` also writes the rows that are final in
+the chunks still being filled, and records them as ``PREFIX-rows Y``: every pixel above row ``Y``
+is final, so nothing but the row of tiles in flight is lost. Pixels
 inside reviewed regions keep what the pathologist put there (``protect`` is asked for the
 reviewed boxes again every few seconds, so a correction applied during a run is kept too).
 """
@@ -101,6 +104,17 @@ class PyramidBuffer:
         self.classmap.write_chunk(level, y // ch, x // cw, values)
 
 
+def read_rows(path: Path, prefix: str) -> int:
+    """The class-map row above which everything was final when a run stopped early (0: none)."""
+    rows = 0
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == f"{prefix}-rows" and parts[1].isdigit():
+                rows = max(rows, int(parts[1]))
+    return rows
+
+
 def read_progress(path: Path, prefix: str) -> set[ChunkKey]:
     """Chunks recorded as written under ``prefix`` (one pass of a run); torn lines are ignored."""
     done: set[ChunkKey] = set()
@@ -113,7 +127,12 @@ def read_progress(path: Path, prefix: str) -> set[ChunkKey]:
 
 
 class ChunkWriter:
-    """Writes the class map inside ``box`` chunk by chunk from a background thread."""
+    """Writes the class map inside ``box`` chunk by chunk from a background thread.
+
+    ``done`` chunks and the rows above ``rows_done`` are final already and are not written. Only
+    chunks inside ``settled`` (where this run's pixels equal a whole-map run's) go to the progress
+    log; ``log_rows``: the run covers the whole map's width, so its finished rows may be logged.
+    """
 
     def __init__(
         self,
@@ -121,12 +140,21 @@ class ChunkWriter:
         box: Box,
         *,
         done: set[ChunkKey] = frozenset(),
+        rows_done: int = 0,
         protect: Callable[[], list[Box]] | None = None,
         progress_log: Path | None = None,
         log_prefix: str = "s",
+        log_rows: bool = False,
+        settled: Box | None = None,
         target: zarr.Array | None = None,  # write here instead of level 0 (raw labels before post-processing)
     ):
-        self.classmap, self.box = classmap, box
+        self.classmap = classmap
+        y, x, h, w = box
+        top = max(y, rows_done)
+        self.box = (top, x, y + h - top, w)  # what is left to write
+        self.settled = settled if settled is not None else box
+        self.log_rows = log_rows
+        self._rows_in = top  # the rows above this one have all arrived
         self.done = set(done)
         self._protect = protect
         self._protect_boxes: list[Box] = []
@@ -137,7 +165,7 @@ class ChunkWriter:
         self._pyramid = PyramidBuffer(classmap, box) if target is None else None
         if self._pyramid is not None:  # chunks written before an interruption: their coarse samples may be missing
             for key in self.done:
-                part = intersect(classmap.chunk_box(*key), box)
+                part = intersect(classmap.chunk_box(*key), self.box)
                 if part is not None:
                     self._pyramid.add(part, classmap.read(part))
         self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="samlung-write")
@@ -179,18 +207,29 @@ class ChunkWriter:
         return out
 
     def close(self) -> None:
-        """Wait for every queued block to be written; raise what the thread raised."""
+        """Wait for every queued block to be written; raise what the thread raised.
+
+        A run that stopped early leaves chunks partly filled: their final rows are written too
+        (merged with what is on disk) and, once on disk, logged as finished rows.
+        """
         self._queue.put(None)
         self._thread.join()
+        partial = self._error is None and bool(self._buffers)
+        if partial:
+            for key, (labels, _) in list(self._buffers.items()):
+                self._write_chunk(key, self.classmap.chunk_box(*key), labels, rows=self._rows_in)
+            self._buffers.clear()
         self._pool.shutdown(wait=True)
-        if self._log is not None:
-            self._log.close()
         for write in self._writes:
             if write.exception() is not None and self._error is None:
                 self._error = write.exception()
-        self._raise_if_failed()
-        if self._pyramid is not None:
+        if self._error is None and self._pyramid is not None:
             self._pyramid.flush()
+        if self._log is not None:
+            if partial and self._error is None and self.log_rows:
+                self._log.write(f"{self.log_prefix}-rows {self._rows_in}\n")
+            self._log.close()
+        self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -225,6 +264,8 @@ class ChunkWriter:
             elif has_data:
                 labels = next(arrays).numpy()
             self._place(box, labels)
+            if box[1] <= self.box[1] and box[1] + box[3] >= self.box[1] + self.box[3]:  # a full-width block
+                self._rows_in = max(self._rows_in, box[0] + box[2])
 
     def _place(self, box: Box, labels: np.ndarray | None) -> None:
         for key in self.classmap.chunks_in(box):
@@ -255,8 +296,13 @@ class ChunkWriter:
             self._protect_read = time.monotonic()
         return self._protect_boxes
 
-    def _write_chunk(self, key: ChunkKey, chunk: Box, labels: np.ndarray) -> None:
-        inside = intersect(chunk, self.box)
+    def _write_chunk(self, key: ChunkKey, chunk: Box, labels: np.ndarray, rows: int | None = None) -> None:
+        """Write a chunk's pixels inside the box (with ``rows``: only those above that row; the
+        chunk is then not finished)."""
+        box = self.box if rows is None else (self.box[0], self.box[1], rows - self.box[0], self.box[3])
+        inside = intersect(chunk, box) if box[2] > 0 else None
+        if inside is None:
+            return
         keep = [b for b in (intersect(chunk, p) for p in self._protected()) if b is not None]
         if inside != chunk or keep:
             old = self._read(chunk)
@@ -268,24 +314,27 @@ class ChunkWriter:
                 sl = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
                 merged[sl] = old[sl]
             labels = merged
+        finished = rows is None
         if self.target is not None:
             y, x, h, w = chunk
             self.target[y:y + h, x:x + w] = labels
-            self._finished(key, chunk)
+            self._finished(key, chunk, finished)
         else:
             self._pyramid.add(chunk, labels)
             write = self._pool.submit(self.classmap.write_chunk, 0, *key, labels)
-            write.add_done_callback(lambda f, key=key, chunk=chunk: f.exception() or self._finished(key, chunk))
+            write.add_done_callback(
+                lambda f, key=key, chunk=chunk: f.exception() or self._finished(key, chunk, finished))
             self._writes.append(write)
             self._writes = [w for w in self._writes if not w.done() or w.exception()]
 
-    def _finished(self, key: ChunkKey, chunk: Box) -> None:
-        """A chunk is on disk: log it for resume, report it for display."""
+    def _finished(self, key: ChunkKey, chunk: Box, finished: bool = True) -> None:
+        """A chunk is on disk: log it for resume (when whole and settled), report it for display."""
         with self._written_lock:
-            if self._log is not None:
+            if finished and self._log is not None and intersect(chunk, self.settled) == chunk:
                 self._log.write(f"{self.log_prefix} {key[0]} {key[1]}\n")
                 self._log.flush()
-            self.done.add(key)
+            if finished:
+                self.done.add(key)
             self._written.append(chunk)
 
     def _read(self, chunk: Box) -> np.ndarray:

@@ -6,8 +6,12 @@ tiles' probabilities on the device (``stitching.py``), and write whole chunks fr
 thread (``writer.py``). ``iter_segment`` is a generator of :class:`Progress` events (the napari
 widget runs it in a thread worker); ``segment`` wraps it with a callback (the CLI's tqdm bar).
 
-A whole-slide run records its settings and the chunks it finished; rerunning it with the same
-settings resumes, and a complete class map is only recomputed when asked (``overwrite``).
+Every run plans first (:func:`plan_segmentation`, no model needed): resolution, class-map size,
+the tile grid; an absurd plan (upsampling the finest level more than 2x) is refused before any
+work. Runs record their settings and what they finished (whole chunks, and on an interruption the
+finished rows), so a rerun with the same settings resumes, whether the earlier run was cancelled,
+interrupted or killed. Region runs and whole-slide runs tile on one grid and share finished chunks.
+A complete class map is only recomputed when asked (``overwrite``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Protocol
 
 import numpy as np
 import torch
@@ -30,8 +34,11 @@ from napari_samlung.inference.loader import TileLoader
 from napari_samlung.inference.postprocess import halo, morphological_cleanup
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.inference.stitching import Block, Stitcher, TileKind
-from napari_samlung.inference.tiling import TileGrid
-from napari_samlung.inference.classmap_writer import ChunkWriter, read_progress, remove_progress
+from napari_samlung.inference.tiling import TileGrid, aligned_box, settled_box
+from napari_samlung.inference.classmap_writer import ChunkWriter, read_progress, read_rows, remove_progress
+
+MAX_TILE = 4096  # a tile's float batch grows with its area: 65,536 px tiles would need ~100 GB
+MAX_UPSAMPLING = 2.0  # finer than this many times the slide's finest level is refused unless allowed
 
 
 class SegmentationError(SamLungError):
@@ -56,20 +63,37 @@ class SegmentationParams:
     kernel_size: int = 15
     iterations: int = 5
     workers: int | None = None  # tile-reading threads; default: CPU count, at most 8
+    allow_upsampling: bool = False  # segment at a resolution more than 2x finer than the slide's
 
     def validate(self) -> None:
-        if self.tile_size is not None and (self.tile_size < 32 or self.tile_size % 16):
-            raise SegmentationError(f"must be a multiple of 16 of at least 32, got {self.tile_size}", param="tile_size")
+        if self.tile_size is not None and (self.tile_size < 32 or self.tile_size % 16 or self.tile_size > MAX_TILE):
+            raise SegmentationError(f"must be a multiple of 16 from 32 to {MAX_TILE}, got {self.tile_size}",
+                                    param="tile_size")
         if self.overlap is not None and self.overlap < 0:
             raise SegmentationError(f"must not be negative, got {self.overlap}", param="overlap")
         if self.batch_size < 1:
             raise SegmentationError(f"must be at least 1, got {self.batch_size}", param="batch_size")
-        if self.target_mpp is not None and not self.target_mpp > 0:
+        if self.target_mpp is not None and not (self.target_mpp > 0 and math.isfinite(self.target_mpp)):
             raise SegmentationError(f"must be positive, got {self.target_mpp}", param="target_mpp")
         if not 0 <= self.tissue_threshold <= 1:
             raise SegmentationError(f"must be between 0 and 1, got {self.tissue_threshold}", param="tissue_threshold")
         if self.kernel_size < 1 or self.iterations < 0:
             raise SegmentationError("post-processing needs {opt:kernel_size} >= 1 and {opt:iterations} >= 0")
+
+
+class ModelGeometry(Protocol):
+    """What planning needs of a model: a :class:`TilePredictor`, or :class:`ModelSpec` before loading."""
+
+    tile_size: int
+    mpp: float | None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's tile side and resolution, known before its weights are loaded (from its config)."""
+
+    tile_size: int
+    mpp: float | None
 
 
 @dataclass
@@ -86,6 +110,45 @@ class Plan:
     target_mpp: float | None
     whole_slide: bool
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def grid_box(self) -> Box:
+        """The box of the class map's tiles that touch :attr:`box` (the map's one grid)."""
+        return aligned_box(self.box, self.shape, self.tile, self.overlap)
+
+    @property
+    def upsampling(self) -> float:
+        """How many times finer than the slide's level 0 the class map is (below 1: downsampling)."""
+        return 1.0 / self.scale
+
+    def grid(self) -> TileGrid:
+        return TileGrid(self.grid_box, self.tile, self.overlap)
+
+
+@dataclass
+class PlanSummary:
+    """What a run will do, for a person to read before it starts (``--dry-run``, the widget)."""
+
+    plan: Plan
+    tiles: dict[str, int]  # by kind: 'model' (tissue), 'background', 'done' (kept from earlier runs)
+
+    @property
+    def total(self) -> int:
+        return sum(self.tiles.values())
+
+    def lines(self) -> list[str]:
+        p = self.plan
+        mpp = f"{p.target_mpp:g} um/px" if p.target_mpp and p.slide_mpp else "the slide's level 0"
+        slide_mpp = f"{p.slide_mpp:g} um/px" if p.slide_mpp else "unknown um/px"
+        factor = (f"upsampled {p.upsampling:.3g}x" if p.upsampling > 1.0001 else
+                  f"downsampled {1 / p.upsampling:.3g}x" if p.upsampling < 0.9999 else "at its own resolution")
+        y, x, h, w = p.box
+        return [
+            f"slide {p.slide_shape[1]} x {p.slide_shape[0]} px at {slide_mpp}; segmented at {mpp} ({factor})",
+            f"class map {p.shape[1]} x {p.shape[0]} px; this run: {w} x {h} px at ({x}, {y})",
+            f"tiles of {p.tile} px, overlap {p.overlap}: {self.total} in all, {self.tiles.get('model', 0)} with "
+            f"tissue for the model, {self.tiles.get('background', 0)} without, {self.tiles.get('done', 0)} already done",
+        ] + p.notes
 
 
 @dataclass
@@ -111,24 +174,36 @@ class SegmentationResult:
         return ClassMap.open(self.root)
 
 
-def plan_segmentation(slide, predictor: TilePredictor, params: SegmentationParams, region: Box | None = None) -> Plan:
-    """Resolution, class-map shape and the box to segment. ``region`` is (y, x, h, w) at level 0."""
+def plan_segmentation(slide, model: ModelGeometry, params: SegmentationParams, region: Box | None = None) -> Plan:
+    """Resolution, class-map shape and the box to segment. ``region`` is (y, x, h, w) at level 0.
+
+    ``model`` is the predictor, or a :class:`ModelSpec` when planning before the model loads.
+    Raises :class:`SegmentationError` for a plan that upsamples the slide more than
+    :data:`MAX_UPSAMPLING` times (a wrong resolution somewhere) unless ``params.allow_upsampling``.
+    """
     params.validate()
     notes = []
     slide_mpp = slide.mpp
-    target_mpp = params.target_mpp if params.target_mpp is not None else predictor.mpp
+    target_mpp = params.target_mpp if params.target_mpp is not None else model.mpp
     if slide_mpp is None or target_mpp is None:
         scale = 1.0
         if slide_mpp is None:
-            notes.append(f"{slide.path.name}: microns per pixel unknown (give {{opt:mpp}}); segmenting at level 0")
+            why = f" ({slide.mpp_note})" if getattr(slide, "mpp_note", None) else ""
+            notes.append(f"{slide.path.name}: microns per pixel unknown{why}; segmenting at level 0 "
+                         "(give {opt:mpp} to segment at the model's resolution)")
     else:
         scale = target_mpp / slide_mpp
+        if 1 / scale > MAX_UPSAMPLING and not params.allow_upsampling:
+            raise SegmentationError(
+                f"{slide.path.name}: segmenting at {target_mpp:g} um/px would upsample the slide's finest level "
+                f"({slide_mpp:g} um/px) {1 / scale:.3g} times; check the slide's {{opt:mpp}} or "
+                f"{{opt:target_mpp}}, or allow it with {{opt:allow_upsampling}}")
         if scale < 0.95:
             notes.append(f"{slide.path.name}: the model's resolution ({target_mpp:g} um/px) is finer than the "
                          f"slide's ({slide_mpp:g} um/px); tiles are upsampled")
     h0, w0 = slide.shape
     shape = (max(1, round(h0 / scale)), max(1, round(w0 / scale)))
-    tile = params.tile_size or predictor.tile_size
+    tile = params.tile_size or model.tile_size
     overlap = params.overlap if params.overlap is not None else tile // 8
     if overlap >= tile / 2:
         raise SegmentationError(f"must be less than half the tile size ({tile}), got {overlap}", param="overlap")
@@ -152,12 +227,49 @@ def plan_segmentation(slide, predictor: TilePredictor, params: SegmentationParam
     return Plan(scale, (h0, w0), shape, box, tile, overlap, slide_mpp, target_mpp, whole, notes)
 
 
-def _job(plan: Plan, predictor: TilePredictor, params: SegmentationParams) -> dict[str, Any]:
-    """What identifies a whole-slide run for resuming (batch size and threads do not matter)."""
+def count_tiles(slide, plan: Plan, params: SegmentationParams, root: str | os.PathLike | None = None,
+                job: dict[str, Any] | None = None) -> PlanSummary:
+    """How many of the plan's tiles hold tissue, and (given the results folder and the run's
+    :func:`run_key`) how many are already done, without loading a model."""
+    done, rows = set(), 0
+    if root is not None and job is not None and ClassMap.exists(root):
+        cm = ClassMap.open(root)
+        if cm.meta.get("job") == job and tuple(cm.shape) == plan.shape:
+            log = Path(root) / "progress.log"
+            done, rows = read_progress(log, "s"), read_rows(log, "s")
+            kinds = _classify(plan.grid(), cm, plan, done, rows, _tissue(slide, params), params.tissue_threshold)
+            return PlanSummary(plan, _count(kinds))
+    kinds = _classify(plan.grid(), None, plan, set(), 0, _tissue(slide, params), params.tissue_threshold)
+    return PlanSummary(plan, _count(kinds))
+
+
+def _settled(grid_box: Box, plan: Plan) -> Box:
+    """Where a region run's pixels are final for every run of its settings: inside its box, away
+    from the grid's edges inside the map. An empty box when there is no such part."""
+    settled = settled_box(grid_box, plan.shape, plan.overlap)
+    return (settled and intersect(settled, plan.box)) or (0, 0, 0, 0)
+
+
+def _count(kinds: dict) -> dict[str, int]:
+    return {k.value: sum(1 for v in kinds.values() if v is k) for k in TileKind}
+
+
+def _tissue(slide, params: SegmentationParams):
+    return slide.tissue() if params.skip_background else None
+
+
+def _model_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """The model by content: a file's path is left out where its digest is known, so a copy of the
+    same checkpoint elsewhere resumes the same run."""
+    return {k: v for k, v in info.items() if not (isinstance(v, str) and f"{k}_sha256" in info)}
+
+
+def run_key(plan: Plan, model_info: dict[str, Any], params: SegmentationParams) -> dict[str, Any]:
+    """What makes two runs' pixels the same (the grid, the model, the tissue rule), so that one's
+    finished chunks serve the other. The box is not part of it: every run tiles on one grid."""
     return {
-        "box": list(plan.box), "tile": plan.tile, "overlap": plan.overlap, "scale": plan.scale,
-        "model": predictor.info, "skip_background": params.skip_background,
-        "tissue_threshold": params.tissue_threshold,
+        "tile": plan.tile, "overlap": plan.overlap, "scale": plan.scale, "model": _model_identity(model_info),
+        "skip_background": params.skip_background, "tissue_threshold": params.tissue_threshold,
         "postprocess": [params.kernel_size, params.iterations] if params.postprocess else None,
     }
 
@@ -207,46 +319,55 @@ def iter_segment(
     plan = plan_segmentation(slide, predictor, params, region)
     cm = _open_classmap(root, slide, predictor, plan, overwrite)
     log_path = root / "progress.log"
-    job = _job(plan, predictor, params)
+    key = run_key(plan, predictor.info, params)
+    previous = cm.meta.get("job")
     if plan.whole_slide:
         if cm.status == "complete" and not overwrite:
             raise AlreadyComplete(f"{root}: already complete (use {{opt:overwrite}} to segment again)")
-        unfinished = cm.meta.get("job") if cm.status == "incomplete" else None
-        if unfinished not in (None, job) and not overwrite:
+        if cm.status == "incomplete" and previous not in (None, key) and not overwrite:
             raise SegmentationError(
                 f"{root}: an unfinished run with other settings is there; rerun it with the same settings to "
                 "resume, or use {opt:overwrite}")
-        resuming = unfinished == job and not overwrite
+        resuming = previous == key and not overwrite
         if not resuming:
             remove_progress(log_path)
-        cm.update_meta(status="incomplete", job=job)
-        done = read_progress(log_path, "s") if resuming else set()
+        log_finished = True
+        cm.update_meta(status="incomplete", job=key)
     else:
-        done = set()
+        # a region run feeds the whole-slide run of its settings, unless an unfinished whole-slide
+        # run of other settings owns the log; post-processing needs context a region does not have
+        log_finished = not params.postprocess and (previous == key or cm.status != "incomplete")
+        resuming = log_finished and previous == key
+        if log_finished and not resuming:
+            remove_progress(log_path)
+            cm.update_meta(job=key)
+    done = read_progress(log_path, "s") if resuming else set()
+    rows = read_rows(log_path, "s") if resuming else 0
+
     def protect() -> list[Box]:
         cm.refresh()
         return cm.reviewed_boxes()
 
-    grid = TileGrid(plan.box, plan.tile, plan.overlap)
-    tissue = slide.tissue() if params.skip_background else None
-    kinds = _classify(grid, cm, plan, done, tissue, params.tissue_threshold)
-    counts = {k.value: sum(1 for v in kinds.values() if v is k) for k in TileKind}
+    grid = plan.grid()
+    kinds = _classify(grid, cm, plan, done, rows, _tissue(slide, params), params.tissue_threshold)
+    counts = _count(kinds)
     cancelled = False
-
+    log = dict(progress_log=log_path if log_finished else None, log_prefix="s", log_rows=plan.whole_slide,
+               settled=plan.box if plan.whole_slide else _settled(grid.box, plan))
     if params.postprocess:
         raw = cm.group["raw"] if "raw" in cm.group else cm.group.create_array(
             "raw", shape=plan.shape, chunks=cm.chunk, dtype="uint8", fill_value=0)
-        writer = ChunkWriter(cm, plan.box, done=done, target=raw,
-                             progress_log=log_path if plan.whole_slide else None, log_prefix="s")
+        writer = ChunkWriter(cm, plan.box, done=done, rows_done=rows, target=raw, **log)
     else:
-        writer = ChunkWriter(cm, plan.box, done=done, protect=protect,
-                             progress_log=log_path if plan.whole_slide else None, log_prefix="s")
+        writer = ChunkWriter(cm, plan.box, done=done, rows_done=rows, protect=protect, **log)
+    tiles_seen = [0]
     try:
-        yield from _run_tiles(slide, predictor, grid, kinds, plan, params, writer, cancel)
+        yield from _run_tiles(slide, predictor, grid, kinds, plan, params, writer, cancel, tiles_seen)
     except _Cancelled:
         cancelled = True
     finally:
         writer.close()
+    counts["processed"] = tiles_seen[0]
     if not cancelled and params.postprocess:
         try:
             for step in _postprocess(cm, raw, plan, params, protect, log_path):
@@ -280,26 +401,32 @@ def segment(
 ) -> SegmentationResult:
     """:func:`iter_segment` with a callback for each progress event."""
     gen = iter_segment(slide, predictor, root, params, region=region, overwrite=overwrite, cancel=cancel)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(event)
+    finally:
+        gen.close()  # interrupted (Ctrl-C, SIGTERM) in the callback: the run still keeps what it finished
 
 
 class _Cancelled(Exception):
     pass
 
 
-def _classify(grid: TileGrid, cm: ClassMap, plan: Plan, done: set, tissue, threshold: float) -> dict:
-    """Kind of every tile, in row-major order."""
+def _classify(grid: TileGrid, cm: ClassMap | None, plan: Plan, done: set, rows: int, tissue,
+              threshold: float) -> dict:
+    """Kind of every tile, in row-major order. A tile is DONE when every pixel it gives to the
+    run's box is final: in a finished chunk, or above the finished ``rows``."""
     kinds: dict[tuple[int, int], TileKind] = {}
     for r, c in grid.tiles():
         box = grid.tile_box(r, c)
         inside = intersect(box, plan.box)
-        if done and all(k in done for k in cm.chunks_in(inside)):
+        if inside is None or inside[0] + inside[2] <= rows or (
+                done and all(k in done for k in cm.chunks_in(inside))):
             kinds[r, c] = TileKind.DONE
             continue
         if tissue is not None:
@@ -314,8 +441,10 @@ def _classify(grid: TileGrid, cm: ClassMap, plan: Plan, done: set, tissue, thres
 
 
 def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, plan: Plan,
-               params: SegmentationParams, writer: ChunkWriter, cancel: threading.Event | None):
-    """The main loop: batches of model tiles, with the tiles between them, into the stitcher."""
+               params: SegmentationParams, writer: ChunkWriter, cancel: threading.Event | None,
+               seen: list[int]):
+    """The main loop: batches of model tiles, with the tiles between them, into the stitcher.
+    ``seen[0]`` counts the tiles stitched so far (what a cancelled run reports as done)."""
     stitcher = Stitcher(grid, predictor.num_classes, predictor.device)
     order = list(grid.tiles())
     model_tiles = [(i, rc) for i, rc in enumerate(order) if kinds[rc] is TileKind.MODEL]
@@ -339,6 +468,7 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
             kind = kinds[rc]
             blocks += stitcher.add(*rc, kind, probs[batch[pointer]] if kind is TileKind.MODEL else None)
             pointer += 1
+        seen[0] = pointer
         return blocks
 
     for items, tiles in loader:

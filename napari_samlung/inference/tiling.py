@@ -1,5 +1,9 @@
 """The tile grid over a box of the class map, and the weights that blend overlapping tiles.
 
+Every run tiles the class map on one grid, anchored at its origin: a region run takes the grid's
+tiles that touch the region (:func:`aligned_box`), so its pixels away from the region's edges
+(:func:`settled_box`) equal a whole-slide run's, and one run's finished chunks serve the other.
+
 Tiles of side ``tile`` step by ``stride = tile - overlap`` from the box origin and may reach past
 the box (the model always sees full tiles; what falls outside the box is dropped). Blending
 weights are linear ramps across each zone two neighbours share, and they sum to exactly one, so
@@ -78,3 +82,35 @@ class TileGrid:
     def weights(self, r: int, c: int) -> np.ndarray:
         """(tile, tile) blending weights of tile (r, c); they sum to one over covering tiles."""
         return np.outer(self.rows.weights(r), self.cols.weights(c))
+
+
+def _axis_span(start: int, length: int, size: int, tile: int, stride: int) -> tuple[int, int]:
+    """Start and length, on the global grid of an axis of ``size`` pixels, of the tiles touching
+    ``[start, start + length)``."""
+    count = 1 if size <= tile else math.ceil((size - tile) / stride) + 1
+    first = max(0, (start - tile) // stride + 1)
+    last = min(count - 1, max(first, math.ceil((start + length) / stride) - 1))
+    begin = first * stride
+    return begin, min(size, last * stride + tile) - begin
+
+
+def aligned_box(region: Box, shape: tuple[int, int], tile: int, overlap: int) -> Box:
+    """The box of the class-map grid's tiles (of a map of ``shape``) that touch ``region``."""
+    stride = tile - overlap
+    y, h = _axis_span(region[0], region[2], shape[0], tile, stride)
+    x, w = _axis_span(region[1], region[3], shape[1], tile, stride)
+    return y, x, h, w
+
+
+def settled_box(box: Box, shape: tuple[int, int], overlap: int) -> Box | None:
+    """The part of an aligned ``box`` whose stitched pixels equal a whole-map run's: all but the
+    ``overlap`` next to each side that is not the map's own edge (there a whole-map run also
+    blends in the tiles beyond ``box``)."""
+    y, x, h, w = box
+    top = 0 if y == 0 else overlap
+    left = 0 if x == 0 else overlap
+    bottom = 0 if y + h >= shape[0] else overlap
+    right = 0 if x + w >= shape[1] else overlap
+    if h - top - bottom <= 0 or w - left - right <= 0:
+        return None
+    return y + top, x + left, h - top - bottom, w - left - right

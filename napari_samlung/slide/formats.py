@@ -14,7 +14,7 @@ import numpy as np
 
 from .color import SUPPORTED_CHANNELS, SUPPORTED_DTYPES
 from .errors import SlideError
-from .metadata import SlideMetadata, aperio_metadata, ome_metadata, resolution_mpp
+from .metadata import SlideMetadata, aperio_metadata, ome_metadata, resolution_metadata
 
 ASSOCIATED_SERIES = {"thumbnail", "label", "macro", "map", "overview"}
 _SUPPORTED_PHOTOMETRIC = {0, 1, 2, 6}  # min-is-white, min-is-black, RGB, YCbCr
@@ -160,7 +160,6 @@ def _metadata(tif, fmt: str, series, first_page) -> SlideMetadata:
         if isinstance(lens, (int, float)) and lens > 0:
             meta.magnification = float(lens)
             meta.properties["hamamatsu.SourceLens"] = f"{lens:g}"
-    if meta.mpp is None:
-        meta.mpp = resolution_mpp(first_page.keyframe)
-        meta.mpp_source = "tiff-resolution" if meta.mpp else None
+    if meta.mpp is None and meta.mpp_note is None:
+        resolution_metadata(first_page.keyframe, meta)
     return meta

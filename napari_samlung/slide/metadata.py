@@ -1,9 +1,13 @@
 """Microns per pixel and other slide properties from TIFF metadata.
 
 Sources, in the order a format uses them: the Aperio ImageDescription (``MPP = 0.499``), OME-XML
-(``PhysicalSizeX`` with its unit), and the TIFF resolution tags when their unit is the centimetre
-(NDPI and many scanners write those; inch resolutions are almost always a screen default such as
-72 dpi and say nothing about the microscope). ``AppMag`` is the objective, not a pixel size.
+(``PhysicalSizeX`` with its unit), and the TIFF resolution tags (centimetre or inch; NDPI and many
+scanners write those). ``AppMag`` is the objective, not a pixel size.
+
+A value is trusted only when a microscope could have made it (:data:`PLAUSIBLE_MPP`) and it is not
+a screen or print density (72, 96, 150, 300 or 600 dpi, in either unit: image editors write those
+whatever the picture shows). Otherwise the microns per pixel are unknown, and
+:attr:`SlideMetadata.mpp_note` says why, so the user can give the real value.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 # Microns per pixel outside this range are a placeholder, not a microscope's.
-PLAUSIBLE_MPP = (0.01, 1000.0)
+PLAUSIBLE_MPP = (0.05, 20.0)
+# Densities that screens and print software write by default, in dots per inch.
+DEVICE_DPI = (72, 96, 150, 300, 600)
+_UM_PER_INCH = 25400.0
 
 _OME_UNITS_IN_UM = {
     "pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6,
@@ -27,15 +34,39 @@ class SlideMetadata:
 
     mpp: float | None = None
     mpp_source: str | None = None  # 'aperio', 'ome', 'tiff-resolution'
+    mpp_note: str | None = None  # why the file's value was not taken, when it has one
     magnification: float | None = None
     properties: dict[str, str] = field(default_factory=dict)
 
 
 def plausible_mpp(value: float | None) -> float | None:
     """``value`` if it is a finite pixel size in the plausible range, else None."""
+    return None if implausible(value) else value
+
+
+def implausible(value: float | None) -> str | None:
+    """Why ``value`` (microns per pixel) cannot be a microscope's, or None when it can."""
     if value is None or not math.isfinite(value):
+        return "not a number"
+    low, high = PLAUSIBLE_MPP
+    if low <= value <= high:
         return None
-    return value if PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1] else None
+    return f"{value:.4g} um/px is outside {low:g}-{high:g} um/px, the range of microscopes"
+
+
+def device_density(mpp: float) -> int | None:
+    """The screen or print density (dpi) that ``mpp`` equals, within rounding, or None."""
+    dpi = _UM_PER_INCH / mpp
+    return next((d for d in DEVICE_DPI if abs(dpi - d) <= 0.01 * d), None)
+
+
+def _checked(meta: SlideMetadata, value: float | None, source: str, what: str) -> SlideMetadata:
+    problem = implausible(value) if value is not None else None
+    if value is not None and problem is None:
+        meta.mpp, meta.mpp_source = value, source
+    elif value is not None:
+        meta.mpp_note = f"{what} ({problem}) ignored"
+    return meta
 
 
 def parse_float(text: str | None) -> float | None:
@@ -58,8 +89,7 @@ def aperio_properties(description: str) -> dict[str, str]:
 def aperio_metadata(description: str) -> SlideMetadata:
     props = aperio_properties(description)
     meta = SlideMetadata(properties={f"aperio.{k}": v for k, v in props.items()})
-    meta.mpp = plausible_mpp(parse_float(props.get("MPP")))
-    meta.mpp_source = "aperio" if meta.mpp else None
+    _checked(meta, parse_float(props.get("MPP")), "aperio", "the Aperio MPP")
     meta.magnification = parse_float(props.get("AppMag"))
     return meta
 
@@ -81,8 +111,7 @@ def ome_metadata(xml: str, image_index: int = 0) -> SlideMetadata:
         unit = pixels.get("PhysicalSizeXUnit", "µm")
         factor = _OME_UNITS_IN_UM.get(unit)
         if size is not None and factor is not None:
-            meta.mpp = plausible_mpp(size * factor)
-            meta.mpp_source = "ome" if meta.mpp else None
+            _checked(meta, size * factor, "ome", "the OME PhysicalSizeX")
         for key in ("PhysicalSizeX", "PhysicalSizeXUnit", "PhysicalSizeY", "PhysicalSizeYUnit"):
             if pixels.get(key) is not None:
                 meta.properties[f"ome.{key}"] = pixels.get(key)
@@ -92,16 +121,23 @@ def ome_metadata(xml: str, image_index: int = 0) -> SlideMetadata:
     return meta
 
 
-def resolution_mpp(page) -> float | None:
-    """Microns per pixel from XResolution when ResolutionUnit is the centimetre, else None."""
-    unit = page.tags.valueof(296)  # ResolutionUnit: 3 = centimetre
+def resolution_metadata(page, meta: SlideMetadata) -> SlideMetadata:
+    """Fill ``meta.mpp`` from XResolution (centimetre or inch), unless it is a device density."""
+    unit = page.tags.valueof(296)  # ResolutionUnit: 2 = inch, 3 = centimetre
     xres = page.tags.valueof(282)
-    if unit != 3 or not xres:
-        return None
+    if unit not in (2, 3) or not xres:
+        return meta
     numerator, denominator = xres if isinstance(xres, tuple) else (xres, 1)
     if not numerator or not denominator:
-        return None
-    return plausible_mpp(1e4 * denominator / numerator)
+        return meta
+    mpp = (1e4 if unit == 3 else _UM_PER_INCH) * denominator / numerator
+    dpi = device_density(mpp)
+    if dpi is not None:
+        per = "px/cm" if unit == 3 else "dpi"
+        meta.mpp_note = (f"the resolution tags say {numerator / denominator:.4g} {per} ({dpi} dpi), "
+                         "a screen or print density, not a microscope's; ignored")
+        return meta
+    return _checked(meta, mpp, "tiff-resolution", "the TIFF resolution tags")
 
 
 def _local(tag: str) -> str:

@@ -35,7 +35,8 @@ class Slide:
         'image'), levels ((H, W, 3) uint8 array-likes, level 0 first: zarr arrays from tifffile for
         RGB TIFF levels, :class:`LevelView` where pixels need converting, numpy for PNG/JPEG),
         level_shapes, downsamples (per level, versus level 0), mpp and mpp_source ('aperio',
-        'ome', 'tiff-resolution', 'user' or None when unknown), magnification (the objective,
+        'ome', 'tiff-resolution', 'user' or None when unknown), mpp_note (why the file's own value
+        was not taken, when it has an implausible one), magnification (the objective,
         metadata only), properties (vendor metadata as strings).
     """
 
@@ -51,6 +52,7 @@ class Slide:
         self.downsamples = [(h0 / h + w0 / w) / 2 for h, w in self.level_shapes]
         self.mpp = meta.mpp
         self.mpp_source = meta.mpp_source
+        self.mpp_note = meta.mpp_note
         self.magnification = meta.magnification
         self.properties = dict(meta.properties)
         self._reader = reader
@@ -210,7 +212,7 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, *,
     else:
         slide = _open_image(path, kind)
     if mpp is not None:
-        slide.mpp, slide.mpp_source = float(mpp), "user"
+        slide.mpp, slide.mpp_source, slide.mpp_note = float(mpp), "user", None
     return slide
 
 
