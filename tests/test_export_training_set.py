@@ -103,7 +103,7 @@ def test_labels_are_255_outside_reviewed_regions_and_class_values_inside(cm, sli
         y, x = tile["y"] // 2, tile["x"] // 2
         label = read_gray(out / tile["label"])
         np.testing.assert_array_equal(label, truth[y:y + TILE, x:x + TILE])
-    small = read_gray(out / "labels" / "slide-A_x13_y0.png")
+    small = read_gray(out / "labels" / "slide-A_x26_y0.png")  # level-0 origin (class map: 13, 0)
     assert set(np.unique(small)) == {0, 1, IGNORE}
 
 
@@ -123,7 +123,13 @@ def test_tile_names_are_stable_across_exports(cm, slide, tmp_path):
     first = export_training_set(cm, slide, tmp_path / "A")
     second = export_training_set(cm, slide, tmp_path / "B")
     assert sorted(p.name for p in (first / "images").iterdir()) == sorted(p.name for p in (second / "images").iterdir())
-    assert "slide-A_x150_y100.png" in {p.name for p in (first / "labels").iterdir()}
+    assert "slide-A_x300_y200.png" in {p.name for p in (first / "labels").iterdir()}
+
+
+def test_tile_names_carry_the_level0_origin_the_manifest_records(cm, slide, tmp_path):
+    out = export_training_set(cm, slide, tmp_path / "SET")
+    for tile in json.loads((out / "manifest.json").read_text())["tiles"]:
+        assert tile["image"].endswith(f"_x{tile['x']}_y{tile['y']}.png"), tile
 
 
 def test_existing_set_is_replaced_only_with_overwrite(cm, slide, tmp_path):

@@ -61,3 +61,20 @@ def test_label_tiff_replaces_an_old_file_without_leaving_temporary_files(cm, tmp
     classmap_to_label_tiff(cm, path, tile=64)
     assert tifffile.imread(path).shape == (300, 520)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "s.samlung"]
+
+
+def test_a_rounded_class_map_keeps_the_slides_physical_extent(tmp_path):
+    """The CMU region (2220 x 2967 px at 0.499 um/px) maps to 2216 x 2961 at 0.5 um/px: tags of
+    0.5 um/px would overlay it a pixel short; the exact per-axis size spans the slide exactly."""
+    labels = np.zeros((2961, 2216), np.uint8)
+    cm = make_classmap(tmp_path / "cmu.samlung", labels, scale=0.5 / 0.499, slide_mpp=0.499,
+                       slide_shape=(2967, 2220))
+    path = classmap_to_label_tiff(cm, tmp_path / "labels.tif", tile=256)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        (xn, xd), (yn, yd) = page.tags["XResolution"].value, page.tags["YResolution"].value
+        assert page.tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+        width_um, height_um = 2216 * 1e4 * xd / xn, 2961 * 1e4 * yd / yn
+        assert width_um == pytest.approx(2220 * 0.499, rel=1e-6)
+        assert height_um == pytest.approx(2967 * 0.499, rel=1e-6)
+        assert "slide level 0: 2220 x 2967 px" in page.description

@@ -11,7 +11,8 @@ Layout (read by :func:`napari_samlung.data.layouts.read_export_set`)::
 Tiles cover every exported reviewed region: a region smaller than a tile gets one tile centred
 on it; larger ones get evenly spaced, slightly overlapping tiles that stay inside the region.
 A tile's labels come from every reviewed region it touches. Tile ids are ``<slide>_x<X>_y<Y>``
-in class-map pixels: stable across exports, so appending a slide again replaces its tiles.
+with the tile's level-0 origin, as in the manifest: stable across exports, so appending a slide
+again replaces its tiles.
 The whole set is built in a temporary folder beside the target and renamed into place.
 """
 
@@ -152,9 +153,18 @@ def plan_tiles(classmap: ClassMap, slide_name: str, tile_size: int, regions: Seq
         y, x, h, w = record["box"]
         for ty in _starts(y, h, tile_size, height):
             for tx in _starts(x, w, tile_size, width):
-                name = f"{slide_name}_x{tx}_y{ty}"
+                y0, x0, _, _ = level0_box(classmap, (ty, tx, tile_size, tile_size))
+                name = f"{slide_name}_x{x0}_y{y0}"
                 tiles.setdefault(name, PlannedTile(name, (ty, tx, tile_size, tile_size), record["id"]))
     return list(tiles.values())
+
+
+def level0_box(classmap: ClassMap, box: Box) -> Box:
+    """A class-map box in level-0 slide pixels, as the manifest records it."""
+    s = classmap.scale
+    y, x, h, w = box
+    y0, x0 = round(y * s), round(x * s)
+    return y0, x0, round((y + h) * s) - y0, round((x + w) * s) - x0
 
 
 def tile_labels(classmap: ClassMap, box: Box, reviewed: Sequence[Box]) -> np.ndarray:
@@ -279,10 +289,9 @@ def _write_tile(tmp: Path, item: _Source, tile: PlannedTile, reviewed: Sequence[
     image_path, label_path = f"images/{tile.name}.png", f"labels/{tile.name}.png"
     _write_png(tmp / image_path, image)
     _write_png(tmp / label_path, tile_labels(cm, tile.box, reviewed))
-    y0, x0 = round(y * s), round(x * s)
+    y0, x0, h0, w0 = level0_box(cm, tile.box)
     return {"image": image_path, "label": label_path, "slide": slide_path, "level": 0,
-            "x": x0, "y": y0, "width": round((x + w) * s) - x0, "height": round((y + h) * s) - y0,
-            "region": tile.region}
+            "x": x0, "y": y0, "width": w0, "height": h0, "region": tile.region}
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

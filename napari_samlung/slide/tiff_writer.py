@@ -43,7 +43,7 @@ class _Settings:
     """How to write the file (validated arguments of :func:`write_pyramidal_tiff`)."""
 
     name: str
-    mpp: float | None
+    mpp_yx: tuple[float, float] | None
     tile: int
     compression: str
     quality: int | None
@@ -53,8 +53,14 @@ class _Settings:
     magnification: float | None
     description: str | None
 
+    @property
+    def mpp(self) -> float | None:
+        """One pixel size, for formats that record only one (Aperio)."""
+        return None if self.mpp_yx is None else sum(self.mpp_yx) / 2
 
-def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | None = None, tile: int = 256,
+
+def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | tuple[float, float] | None = None,
+                         tile: int = 256,
                          compression: str | None = "jpeg", quality: int | None = None,
                          levels: int | None = None, factor: int = 2, kind: str = "rgb",
                          flavor: str = "tiff", associated: dict[str, np.ndarray] | None = None,
@@ -63,7 +69,8 @@ def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | None =
     """Write ``source`` as a tiled pyramidal TIFF at ``path``; returns the path.
 
     source: (H, W, 3) uint8 for ``kind='rgb'``, (H, W) uint8/uint16 for ``kind='labels'``.
-    mpp: microns per pixel of level 0 (resolution tags; the SVS description; OME PhysicalSize).
+    mpp: microns per pixel of level 0 (resolution tags; the SVS description; OME PhysicalSize);
+    a (y, x) pair when the two differ (a class map whose size was rounded from the slide's).
     tile: tile side (a multiple of 16). compression: 'jpeg', 'jpeg2000', 'zlib', 'lzw', 'zstd'
     or 'none' (labels need a lossless one). quality: JPEG quality or JPEG 2000 PSNR (dB).
     levels: number of levels including level 0 (default: until the smallest fits in one tile).
@@ -78,7 +85,8 @@ def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | None =
     path = Path(path)
     compression = "none" if compression is None else str(compression).lower()
     _validate(path, source, mpp, tile, compression, levels, factor, kind, flavor, associated, description)
-    settings = _Settings(path.stem, mpp, tile, compression,
+    mpp_yx = None if mpp is None else tuple(float(v) for v in mpp) if isinstance(mpp, tuple) else (float(mpp),) * 2
+    settings = _Settings(path.stem, mpp_yx, tile, compression,
                          DEFAULT_QUALITY.get(compression) if quality is None else quality,
                          factor, kind, flavor, magnification, description)
     shapes = _level_shapes(tuple(source.shape[:2]), tile, factor, levels)
@@ -129,8 +137,9 @@ def _validate(path, source, mpp, tile, compression, levels, factor, kind, flavor
         raise ValueError(f"factor must be >= 2 and divide the tile size {tile}, got {factor}")
     if levels is not None and levels < 1:
         raise ValueError(f"levels must be at least 1, got {levels}")
-    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
-        raise ValueError(f"mpp must be a positive number, got {mpp}")
+    sizes = mpp if isinstance(mpp, tuple) else (mpp,)
+    if mpp is not None and not (len(sizes) in (1, 2) and all(math.isfinite(v) and v > 0 for v in sizes)):
+        raise ValueError(f"mpp must be a positive number or a (y, x) pair of them, got {mpp}")
     for name, image in (associated or {}).items():
         if flavor != "svs" or name not in ASSOCIATED:
             raise ValueError(f"associated images are {', '.join(ASSOCIATED)} of the 'svs' flavor, "
@@ -258,8 +267,10 @@ def _level_data(index: int, pyramid: list, s: _Settings) -> tuple[Iterator, dict
     level = pyramid[index]
     options = dict(tile=(s.tile, s.tile), photometric="rgb" if s.kind == "rgb" else "minisblack",
                    software="napari-samlung", metadata=None)
-    if s.mpp:
-        options.update(resolution=(1e4 / (s.mpp * s.factor ** index),) * 2, resolutionunit="CENTIMETER")
+    if s.mpp_yx:
+        my, mx = s.mpp_yx
+        f = s.factor ** index
+        options.update(resolution=(1e4 / (mx * f), 1e4 / (my * f)), resolutionunit="CENTIMETER")
     if s.compression == "jpeg2000" and s.flavor == "svs":
         data = _aperio_j2k_tiles(level, s.tile, s.quality)
         options.update(compression=33003)
@@ -277,8 +288,8 @@ def _level_data(index: int, pyramid: list, s: _Settings) -> tuple[Iterator, dict
         ome = {"axes": "YXS" if s.kind == "rgb" else "YX", "Name": s.name}
         if s.description:
             ome["Description"] = s.description
-        if s.mpp:
-            ome.update(PhysicalSizeX=s.mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=s.mpp,
+        if s.mpp_yx:
+            ome.update(PhysicalSizeX=s.mpp_yx[1], PhysicalSizeXUnit="µm", PhysicalSizeY=s.mpp_yx[0],
                        PhysicalSizeYUnit="µm")
         options.update(subifds=len(pyramid) - 1, metadata=ome)
     elif s.description:
