@@ -30,6 +30,7 @@ import torch
 from napari_samlung.errors import SamLungError
 from napari_samlung.geometry import Box, intersect
 from napari_samlung.results.classmap import ClassMap, now
+from napari_samlung.results.lock import writing
 from napari_samlung.inference.loader import TileLoader
 from napari_samlung.inference.postprocess import halo, morphological_cleanup
 from napari_samlung.inference.predictor import TilePredictor
@@ -243,6 +244,17 @@ def count_tiles(slide, plan: Plan, params: SegmentationParams, root: str | os.Pa
     return PlanSummary(plan, _count(kinds))
 
 
+def _chunk_names(cm: ClassMap, damaged: list[tuple[int, int, int, str]], most: int = 3) -> str:
+    names = [f"{cm.chunk_path(level, cy, cx).relative_to(cm.root)}: {problem}" for level, cy, cx, problem in damaged]
+    return "; ".join(names[:most]) + (f"; {len(names) - most} more" if len(names) > most else "")
+
+
+def _log_all_but(log_path: Path, cm: ClassMap, box: Box, bad: set) -> None:
+    """A progress log that names every chunk of ``box`` but ``bad`` as finished, for both passes."""
+    keys = [k for k in cm.chunks_in(box) if k not in bad]
+    log_path.write_text("".join(f"{prefix} {cy} {cx}\n" for prefix in ("s", "p") for cy, cx in keys))
+
+
 def _settled(grid_box: Box, plan: Plan) -> Box:
     """Where a region run's pixels are final for every run of its settings: inside its box, away
     from the grid's edges inside the map. An empty box when there is no such part."""
@@ -311,19 +323,35 @@ def iter_segment(
     """Segment ``region`` (level-0 (y, x, h, w)) or the whole slide into ``root/classmap.zarr``.
 
     Yields :class:`Progress` after every batch; returns a :class:`SegmentationResult`.
-    Setting ``cancel`` stops within one batch; a cancelled whole-slide run resumes later.
+    Setting ``cancel`` stops within one batch; a cancelled run resumes later. The results folder
+    is locked for the run: a second writer (another run, an applied review) is refused.
     """
     params = params or SegmentationParams()
-    start = time.perf_counter()
     root = Path(root)
     plan = plan_segmentation(slide, predictor, params, region)
+    with writing(root, "a segmentation run"):
+        return (yield from _run(slide, predictor, root, params, plan, overwrite, cancel))
+
+
+def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams, plan: Plan, overwrite: bool,
+         cancel: threading.Event | None) -> Generator[Progress, None, SegmentationResult]:
+    start = time.perf_counter()
     cm = _open_classmap(root, slide, predictor, plan, overwrite)
     log_path = root / "progress.log"
     key = run_key(plan, predictor.info, params)
     previous = cm.meta.get("job")
+    damaged = [] if overwrite else cm.damaged_chunks()
+    bad = {(cy, cx) for level, cy, cx, _ in damaged if level == 0}
     if plan.whole_slide:
         if cm.status == "complete" and not overwrite:
-            raise AlreadyComplete(f"{root}: already complete (use {{opt:overwrite}} to segment again)")
+            if not damaged:
+                raise AlreadyComplete(f"{root}: already complete (use {{opt:overwrite}} to segment again)")
+            if previous != key:
+                raise SegmentationError(
+                    f"{root}: {len(damaged)} chunk(s) of the complete class map are damaged or missing "
+                    f"({_chunk_names(cm, damaged)}); segment it with the settings that made it to repair them, "
+                    "or use {opt:overwrite}")
+            _log_all_but(log_path, cm, plan.box, bad)  # the repair resumes from every intact chunk
         if cm.status == "incomplete" and previous not in (None, key) and not overwrite:
             raise SegmentationError(
                 f"{root}: an unfinished run with other settings is there; rerun it with the same settings to "
@@ -343,6 +371,11 @@ def iter_segment(
             cm.update_meta(job=key)
     done = read_progress(log_path, "s") if resuming else set()
     rows = read_rows(log_path, "s") if resuming else 0
+    if resuming and damaged:
+        done -= bad
+        rows = min([rows] + [cm.chunk_box(*k)[0] for k in bad])
+        plan.notes.append(f"{len(damaged)} damaged or missing chunk(s) found ({_chunk_names(cm, damaged)}); "
+                          "they are segmented again")
 
     def protect() -> list[Box]:
         cm.refresh()
@@ -380,7 +413,7 @@ def iter_segment(
         return SegmentationResult(root, "cancelled", plan, counts, time.perf_counter() - start)
     record = {"box": list(plan.box), "when": now(), "model": predictor.info}
     if plan.whole_slide:
-        cm.update_meta(status="complete", job=None, segmented=[record])
+        cm.update_meta(status="complete", job=key, segmented=[record])
         remove_progress(log_path)
     else:
         cm.update_meta(status=cm.status if cm.status in ("complete", "incomplete") else "partial",

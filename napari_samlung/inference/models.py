@@ -1,4 +1,8 @@
-"""Build the model a command or the widget segments with, from a checkpoint or a preset."""
+"""Build the model a command or the widget segments with, from a checkpoint or a preset.
+
+Every front end (``samlung segment``/``predict``/``demo``, the widget) loads through
+:func:`load_predictor`, so the checks and the metadata recorded with a class map are the same.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,12 @@ from typing import Any
 
 import torch
 
-from napari_samlung.model import SamLung, load_checkpoint
-from napari_samlung.model.config import PRESETS
+from napari_samlung.errors import SamLungError
+from napari_samlung.inference.engine import ModelSpec
+from napari_samlung.inference.predictor import TilePredictor, resolve_device
+from napari_samlung.model import CheckpointError, SamLung, load_checkpoint
+from napari_samlung.model.checkpoint import read_checkpoint
+from napari_samlung.model.config import PRESETS, SamLungConfig
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
@@ -22,10 +30,10 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _existing(path: str | os.PathLike, option: str) -> Path:
+def _existing(path: str | os.PathLike, param: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"{option} {path}: no such file")
+        raise CheckpointError(f"{path}: no such file", param=param)
     return path
 
 
@@ -43,17 +51,18 @@ def load_model(
     """
     info: dict[str, Any] = {}
     if sam_weights is not None:
-        sam_weights = _existing(sam_weights, "--sam-weights")
+        sam_weights = _existing(sam_weights, "sam_weights")
         info["sam_weights"] = str(sam_weights.resolve())
     if checkpoint is not None:
-        checkpoint = _existing(checkpoint, "--checkpoint")
+        checkpoint = _existing(checkpoint, "checkpoint")
         model = load_checkpoint(checkpoint, sam_weights=sam_weights)
         info.update(checkpoint=str(checkpoint.resolve()), checkpoint_sha256=file_sha256(checkpoint))
         if preset is not None and preset != model.config.preset:
-            raise ValueError(f"--preset {preset} does not match the checkpoint's model ({model.config.preset})")
+            raise SamLungError(f"{preset} does not match the checkpoint's model ({model.config.preset})",
+                               param="preset")
     elif preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"--preset {preset}: unknown (choose from {', '.join(PRESETS)})")
+            raise SamLungError(f"{preset}: unknown (choose from {', '.join(PRESETS)})", param="preset")
         with torch.random.fork_rng():  # the same fresh model every run, so reruns resume consistently
             torch.manual_seed(0)
             model = SamLung(PRESETS[preset](num_classes=num_classes))
@@ -61,6 +70,39 @@ def load_model(
             model.load_sam_weights(sam_weights)
         info["untrained_head"] = True
     else:
-        raise ValueError("give --checkpoint (a SAM-Lung checkpoint) or --preset (a fresh model, for trials)")
+        raise SamLungError("give {opt:checkpoint} (a SAM-Lung checkpoint) or {opt:preset} (a fresh model, for trials)")
     info["preset"] = model.config.preset
     return model, info
+
+
+def model_spec(checkpoint: str | os.PathLike | None = None, preset: str | None = None,
+               num_classes: int = 1) -> ModelSpec:
+    """The tile side and resolution of the model :func:`load_model` would build, read from the
+    checkpoint's config without loading its weights: a run is planned (and refused) before then."""
+    if checkpoint is not None:
+        path = _existing(checkpoint, "checkpoint")
+        config = SamLungConfig.from_dict(read_checkpoint(path, mmap=True)["config"])
+    elif preset in PRESETS:
+        config = PRESETS[preset](num_classes=num_classes)
+    else:
+        return load_model(checkpoint, None, preset, num_classes)  # raises the same error load_model would
+    return ModelSpec(tile_size=int(config.img_size), mpp=config.mpp)
+
+
+def load_predictor(
+    checkpoint: str | os.PathLike | None = None,
+    sam_weights: str | os.PathLike | None = None,
+    preset: str | None = None,
+    num_classes: int = 1,
+    *,
+    device: str | torch.device | None = "auto",
+    amp: bool = True,
+    compile: bool = False,
+) -> TilePredictor:
+    """The model of :func:`load_model` on ``device``, ready to predict tiles.
+
+    The device is checked first, so a bad one is refused before seconds of loading.
+    """
+    device = resolve_device(device)
+    model, info = load_model(checkpoint, sam_weights, preset, num_classes)
+    return TilePredictor(model, model.config, device, amp=amp, compile=compile, info=info)

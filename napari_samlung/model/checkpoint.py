@@ -80,12 +80,13 @@ def _safe_load(path: PathLike, mmap: bool = False) -> Any:
                               f"{first_line}") from None
 
 
-def read_checkpoint(path: PathLike) -> dict[str, Any]:
+def read_checkpoint(path: PathLike, mmap: bool = False) -> dict[str, Any]:
     """Safely load a SAM-Lung checkpoint to the CPU and check its structure.
 
     Returns the raw dict (``config`` still a dict, ``extra`` as saved); raises CheckpointError.
+    ``mmap`` maps the tensors instead of reading them: cheap when only the config is wanted.
     """
-    content = _safe_load(path)
+    content = _safe_load(path, mmap=mmap)
     if not isinstance(content, dict) or content.get("format") != FORMAT_TAG:
         is_state_dict = isinstance(content, dict) and content and all(
             isinstance(v, torch.Tensor) for v in content.values())

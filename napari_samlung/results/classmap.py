@@ -6,6 +6,8 @@ Layout of a slide's result folder (``<name>.samlung/``)::
                           the previous, nearest-neighbour), uint8 labels (labels.py conventions);
                           group attribute "samlung" holds the metadata below
     progress.log          chunks finished by an unfinished whole-slide run (for resume)
+    checksums.log         CRC-32 of every chunk file as written ("level cy cx crc", "-" for no file;
+                          the last line of a chunk counts), so damaged or lost chunks are found
 
 Coordinates are class-map pixels; ``scale`` is how many level-0 slide pixels one class-map pixel
 spans. Reviewed (corrected) regions live in the metadata too, so the engine never overwrites a
@@ -18,7 +20,9 @@ import datetime as _dt
 import math
 import os
 import shutil
+import threading
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -58,6 +62,31 @@ def level_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
     return shapes
 
 
+class _Checksums:
+    """The append-only ``checksums.log`` of a result folder (thread-safe appends)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def record(self, level: int, cy: int, cx: int, crc: int | None) -> None:
+        line = f"{level} {cy} {cx} {'-' if crc is None else format(crc, '08x')}\n"
+        with self._lock, open(self.path, "a") as log:
+            log.write(line)
+
+    def read(self) -> dict[tuple[int, int, int], int | None]:
+        found: dict[tuple[int, int, int], int | None] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 4 and all(p.isdigit() for p in parts[:3]):
+                    try:
+                        found[int(parts[0]), int(parts[1]), int(parts[2])] = None if parts[3] == "-" else int(parts[3], 16)
+                    except ValueError:
+                        continue  # a torn last line
+        return found
+
+
 class ClassMap:
     """A class-map pyramid on disk. Open with :meth:`create` or :meth:`open`."""
 
@@ -65,6 +94,7 @@ class ClassMap:
         self.root = Path(root)
         self.group = group
         self.levels: list[zarr.Array] = [group[str(k)] for k in range(len(self.meta["levels"]))]
+        self._checksums = _Checksums(self.root / "checksums.log")
 
     # -- creation and opening -------------------------------------------------------------------
     @classmethod
@@ -117,6 +147,7 @@ class ClassMap:
             shutil.rmtree(target)
         os.replace(tmp, target)
         (root / "progress.log").unlink(missing_ok=True)
+        (root / "checksums.log").unlink(missing_ok=True)
         return cls.open(root, mode="r+")
 
     @classmethod
@@ -199,6 +230,21 @@ class ClassMap:
         self.update_meta(reviewed=self.reviewed + [record])
         return record
 
+    def segmented_fraction(self, box: Box) -> float:
+        """How much of ``box`` a finished run or a review has set (0..1); the rest holds no prediction."""
+        box = self.clip(box)
+        if self.status == "complete":
+            return 1.0
+        covered = [tuple(r["box"]) for r in self.meta.get("segmented", [])] + self.reviewed_boxes()
+        f = max(1, math.ceil(max(box[2:]) / 1024))  # a coarse grid is exact enough for a question to a person
+        y, x, h, w = box
+        mask = np.zeros((math.ceil(h / f), math.ceil(w / f)), dtype=bool)
+        for part in (intersect(box, c) for c in covered):
+            if part is not None:
+                py, px, ph, pw = part
+                mask[(py - y) // f:math.ceil((py - y + ph) / f), (px - x) // f:math.ceil((px - x + pw) / f)] = True
+        return float(mask.mean())
+
     def remove_reviewed(self, region_id: str) -> None:
         self.refresh()
         self.update_meta(reviewed=[r for r in self.reviewed if r["id"] != region_id])
@@ -239,8 +285,25 @@ class ClassMap:
 
     # -- pixels ---------------------------------------------------------------------------------
     def read(self, box: Box, level: int = 0) -> np.ndarray:
+        """Labels of ``box`` at ``level``; a chunk that cannot be decoded is a :class:`ClassMapError`
+        naming it."""
         y, x, h, w = box
-        return np.asarray(self.levels[level][y:y + h, x:x + w])
+        try:
+            return np.asarray(self.levels[level][y:y + h, x:x + w])
+        except Exception as exc:  # the codec's own error for a damaged chunk file
+            array = self.levels[level]
+            ch, cw = array.chunks
+            for cy in range(y // ch, (y + h - 1) // ch + 1):
+                for cx in range(x // cw, (x + w - 1) // cw + 1):
+                    try:
+                        array[cy * ch:(cy + 1) * ch, cx * cw:(cx + 1) * cw]
+                    except Exception:
+                        raise ClassMapError(f"{self.chunk_path(level, cy, cx)}: damaged class-map chunk "
+                                            f"({type(exc).__name__}); segment the slide again to repair it") from None
+            raise
+
+    def chunk_path(self, level: int, cy: int, cx: int) -> Path:
+        return self.root / "classmap.zarr" / str(level) / "c" / str(cy) / str(cx)
 
     def write_chunk(self, level: int, cy: int, cx: int, values: np.ndarray) -> None:
         """Replace one whole chunk of ``level`` with ``values`` (its part inside the array).
@@ -255,17 +318,46 @@ class ClassMap:
         if not self._plain_zstd(level):
             h, w = array.shape
             array[cy * ch:min(h, (cy + 1) * ch), cx * cw:min(w, (cx + 1) * cw)] = values
+            self._record_box(level, (cy * ch, cx * cw, 1, 1))
             return
-        path = self.root / "classmap.zarr" / str(level) / "c" / str(cy) / str(cx)
+        path = self.chunk_path(level, cy, cx)
         if not values.any():
             path.unlink(missing_ok=True)
+            self._checksums.record(level, cy, cx, None)
             return
         if values.shape != (ch, cw):
             padded = np.full((ch, cw), BACKGROUND, np.uint8)
             padded[: values.shape[0], : values.shape[1]] = values
             values = padded
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, _ZSTD.encode(np.ascontiguousarray(values, dtype=np.uint8)))
+        data = _ZSTD.encode(np.ascontiguousarray(values, dtype=np.uint8))
+        write_atomic(path, data)
+        self._checksums.record(level, cy, cx, zlib.crc32(data))
+
+    def _record_box(self, level: int, box: Box) -> None:
+        """Record the checksums of the chunks a write through zarr touched (read back from disk)."""
+        ch, cw = self.levels[level].chunks
+        y, x, h, w = box
+        for cy in range(y // ch, (y + h - 1) // ch + 1):
+            for cx in range(x // cw, (x + w - 1) // cw + 1):
+                path = self.chunk_path(level, cy, cx)
+                self._checksums.record(level, cy, cx, zlib.crc32(path.read_bytes()) if path.is_file() else None)
+
+    def damaged_chunks(self, levels: Iterable[int] | None = None) -> list[tuple[int, int, int, str]]:
+        """(level, cy, cx, problem) of every recorded chunk whose file is missing or changed."""
+        wanted = set(range(len(self.levels)) if levels is None else levels)
+        damaged = []
+        for (level, cy, cx), crc in self._checksums.read().items():
+            if level not in wanted:
+                continue
+            path = self.chunk_path(level, cy, cx)
+            if crc is None:
+                continue  # an all-background chunk: no file; one that appeared holds zarr's own write
+            if not path.is_file():
+                damaged.append((level, cy, cx, "missing"))
+            elif zlib.crc32(path.read_bytes()) != crc:
+                damaged.append((level, cy, cx, "changed or damaged"))
+        return damaged
 
     def _plain_zstd(self, level: int) -> bool:
         """Whether the level is stored as this module creates it (so chunks can be written directly)."""
@@ -281,12 +373,14 @@ class ClassMap:
         if labels.shape != (h, w):
             raise ClassMapError(f"labels of shape {labels.shape} do not fit box {box}")
         self.levels[0][y:y + h, x:x + w] = labels
+        self._record_box(0, box)
         self._write_pyramid(box, labels)
 
     def _write_pyramid(self, box: Box, labels: np.ndarray) -> None:
         for level, level_box, samples in self.pyramid_samples(box, labels):
             y, x, h, w = level_box
             self.levels[level][y:y + h, x:x + w] = samples
+            self._record_box(level, level_box)
 
     def pyramid_samples(self, box: Box, labels: np.ndarray) -> Iterator[tuple[int, Box, np.ndarray]]:
         """(level, box at that level, values) of every coarser-level pixel that a level-0 block sets.

@@ -29,6 +29,7 @@ import zarr
 from napari_samlung.errors import SamLungError
 from napari_samlung.geometry import Box
 from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.lock import writing
 from napari_samlung.labels import IGNORE
 
 DRAFTS_DIR = "drafts"
@@ -69,12 +70,12 @@ class Draft:
             values = sorted(int(v) for v in np.unique(labels[bad])[:5])
             raise ReviewError(f"{self.path}: label values {values} are not classes of this map "
                               f"(0..{cm.num_classes} or {IGNORE}); fix them before applying")
-        # Recorded before the pixels are written, so a segmentation running meanwhile protects them.
-        cm.refresh()
-        record = next((r for r in cm.reviewed if r.get("draft") == self.id), None)
-        if record is None:
-            record = cm.add_reviewed(self.box, draft=self.id)
-        cm.write(self.box, labels)
+        with writing(cm.root, "a review being applied"):
+            cm.refresh()
+            record = next((r for r in cm.reviewed if r.get("draft") == self.id), None)
+            if record is None:
+                record = cm.add_reviewed(self.box, draft=self.id)
+            cm.write(self.box, labels)
         self.discard()
         return record
 
@@ -83,12 +84,19 @@ class Draft:
         _remove_folder(self.path)
 
 
+MAX_REVIEW_SIDE = 8192  # class-map pixels: a review is of a field, not of a slide
+
+
 def drafts_dir(classmap: ClassMap) -> Path:
     return classmap.root / DRAFTS_DIR
 
 
 def start_review(classmap: ClassMap, box: Box) -> Draft:
-    """Copy the class map inside ``box`` (class-map pixels, clipped to the map) into a new draft."""
+    """Copy the class map inside ``box`` (class-map pixels, clipped to the map) into a new draft.
+
+    A box wider or taller than :data:`MAX_REVIEW_SIDE` is refused: a person reviews a field, and
+    applying a slide-sized draft would mark the whole slide as corrected.
+    """
     y, x, h, w = (int(v) for v in box)
     if h <= 0 or w <= 0:
         raise ReviewError(f"box {tuple(box)} has no area (height and width must be positive)")
@@ -96,6 +104,9 @@ def start_review(classmap: ClassMap, box: Box) -> Draft:
         box = classmap.clip((y, x, h, w))
     except ValueError as exc:
         raise ReviewError(str(exc)) from None
+    if max(box[2:]) > MAX_REVIEW_SIDE:
+        raise ReviewError(f"the region is {box[3]} x {box[2]} px at the model's resolution, more than "
+                          f"{MAX_REVIEW_SIDE} x {MAX_REVIEW_SIDE}: zoom in, or draw a smaller rectangle to review")
     folder = drafts_dir(classmap)
     folder.mkdir(exist_ok=True)
     draft_id = uuid.uuid4().hex[:12]

@@ -171,8 +171,13 @@ class TiffLevel:
 
     def check_complete(self, file_size: int) -> None:
         """Raise when the level's tile data reaches past the end of the file (a truncated copy)."""
-        for page, _ in self._segments:
+        tiles = self.grid[0] * self.grid[1]
+        for page, first in self._segments:
             offsets = tuple(page.dataoffsets)
+            if len(offsets) < first + tiles or len(page.databytecounts) != len(offsets):
+                raise SlideError(self._source.path, f"damaged tile table: level {self.index} lists {len(offsets)} "
+                                                    f"tile offsets and {len(page.databytecounts)} sizes for "
+                                                    f"{first + tiles} tiles")
             if not offsets:
                 continue
             last = offsets.index(max(offsets))  # the segment stored last in the file

@@ -21,6 +21,16 @@ from scipy import ndimage
 from skimage.morphology import disk
 
 
+# How the overview is read, by the size of the level it comes from: whole when small; block by
+# block (memory bounded by a block) up to a few gigapixels; beyond that sampled, one small patch
+# per overview pixel, since decoding every tile would take many minutes.
+WHOLE_READ_PIXELS = 8192 * 8192
+STREAM_PIXELS = 4 * 1024 ** 3
+STREAM_BLOCK = 4096  # level pixels per side of a streamed block
+SAMPLED_SIZE = 64  # longest side of a sampled overview
+SAMPLE_PATCH = 4  # level pixels per side averaged for one sampled overview pixel
+
+
 @dataclass(frozen=True)
 class TissueParams:
     """Settings of :func:`tissue_mask`."""
@@ -83,10 +93,48 @@ def tissue_mask(slide, params: TissueParams | None = None) -> TissueMask:
     params = params or TissueParams()
     h0, w0 = slide.shape
     downsample = max(1.0, max(h0, w0) / params.overview_size)
+    level = slide.best_level(downsample)
+    lh, lw = slide.level_shapes[level]
+    if lh * lw > STREAM_PIXELS:  # a huge level without a usable pyramid: even streaming it takes too long
+        downsample = max(1.0, max(h0, w0) / min(params.overview_size, SAMPLED_SIZE))
     h, w = max(1, math.ceil(h0 / downsample)), max(1, math.ceil(w0 / downsample))
-    overview = slide.read_scaled(0, 0, h, w, downsample)
-    mask, glass = _detect(overview, params, _min_area_px(slide.mpp, downsample, params))
+    min_area = _min_area_px(slide.mpp, downsample, params)
+    if lh * lw <= WHOLE_READ_PIXELS:
+        overview = slide.read_scaled(0, 0, h, w, downsample)
+    elif lh * lw <= STREAM_PIXELS:
+        overview = _streamed_overview(slide, level, h, w, downsample)
+    else:
+        overview = _sampled_overview(slide, level, h, w, downsample)
+        min_area = 1  # a sample stands for a large area: a lone one is no speck of dust
+    mask, glass = _detect(overview, params, min_area)
     return TissueMask(mask, downsample, glass)
+
+
+def _streamed_overview(slide, level: int, h: int, w: int, downsample: float) -> np.ndarray:
+    """The overview read block by block, so that memory follows a block, not the level."""
+    f = downsample / slide.downsamples[level]  # level pixels per overview pixel
+    block = max(1, int(STREAM_BLOCK / f))
+    overview = np.empty((h, w, 3), np.uint8)
+    for y in range(0, h, block):
+        for x in range(0, w, block):
+            bh, bw = min(block, h - y), min(block, w - x)
+            overview[y:y + bh, x:x + bw] = slide.read_scaled(y * downsample, x * downsample, bh, bw, downsample)
+    return overview
+
+
+def _sampled_overview(slide, level: int, h: int, w: int, downsample: float) -> np.ndarray:
+    """An overview from a small patch at the centre of each overview pixel's area: for a level so
+    large (an image without a pyramid) that reading it whole would take many minutes. Time and
+    memory follow the overview's size (one tile decoded per pixel at most), not the level's."""
+    f = downsample / slide.downsamples[level]  # level pixels per overview pixel
+    lh, lw = slide.level_shapes[level]
+    overview = np.empty((h, w, 3), np.uint8)
+    for i in range(h):
+        y = min(max(0, lh - SAMPLE_PATCH), max(0, int((i + 0.5) * f) - SAMPLE_PATCH // 2))
+        for j in range(w):
+            x = min(max(0, lw - SAMPLE_PATCH), max(0, int((j + 0.5) * f) - SAMPLE_PATCH // 2))
+            overview[i, j] = slide.read_region(level, y, x, SAMPLE_PATCH, SAMPLE_PATCH).reshape(-1, 3).mean(axis=0)
+    return overview
 
 
 def _min_area_px(mpp: float | None, downsample: float, params: TissueParams) -> int:
