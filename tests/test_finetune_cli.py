@@ -41,13 +41,42 @@ def test_boolean_options_are_flags():
 
 
 @pytest.mark.parametrize(
-    "misuse", [["--amp", "False"], ["--amp", "True"], ["--sync_bn", "0"], ["--save-best", "no"]]
+    ("argv", "expected"),
+    [
+        (["--amp", "True", "--sync_bn", "True", "--save-best", "True"], (True, True, True)),
+        (["--amp", "False", "--sync_bn", "False", "--save-best", "False"], (False, False, False)),
+        (["--amp=yes", "--sync-bn", "0", "--save-best", "off"], (True, False, False)),
+        (["--amp", "--sync_bn", "--save-best"], (True, True, True)),
+    ],
 )
-def test_flags_take_no_value(misuse, capsys):
+def test_boolean_options_take_the_research_codes_true_false_values(argv, expected):
+    args = parse(*argv, "--test-only", "TRUE")
+    assert (args.amp, args.sync_bn, args.save_best) == expected and args.test_only
+
+
+def test_a_boolean_value_that_is_neither_true_nor_false_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse(*misuse)
-    assert exit_info.value.code == 2
-    assert "unrecognized arguments" in capsys.readouterr().err
+        parse("--amp", "maybe")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "argument --amp: expected true or false, got 'maybe'" in err
+
+
+def test_the_research_codes_short_options_and_start_epoch():
+    args = parse("-b", "8", "-j", "2", "--start_epoch", "3", "--wd", "0.001")
+    assert (args.batch_size, args.workers, args.start_epoch, args.weight_decay) == (8, 2, 3, 0.001)
+    assert parse("--start-epoch", "5").start_epoch == 5 and parse().start_epoch == 0
+
+
+def test_every_option_of_the_research_code_is_there():
+    """The options of the research code's train_multi_GPU_Mona.py, as its launch lines spell them."""
+    research = ["--data-path", "d", "--device", "cpu", "--num-classes", "1", "-b", "2", "--batch-size", "2",
+                "--start_epoch", "0", "--epochs", "2", "--sync_bn", "False", "-j", "0", "--workers", "0",
+                "--lr", "0.0001", "--momentum", "0.9", "--wd", "1e-4", "--weight-decay", "1e-4",
+                "--save-best", "True", "--print-freq", "20", "--output-dir", "out", "--resume", "",
+                "--test-only", "--distributed", "--world-size", "1", "--dist-url", "env://", "--amp", "False"]
+    args = get_args_parser().parse_args(research)
+    assert args.resume == "" and args.test_only and not args.amp and args.lr == 0.0001
 
 
 def test_research_code_defaults_and_options():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samlung.evaluate import add_predict_arguments, run_predict
+from napari_samlung.commands.predict import add_arguments as add_predict_arguments, run as run_predict
 from napari_samlung.metrics import dice_score
 from napari_samlung.model import SamLung, SamLungConfig
 from napari_samlung.model.checkpoint import save_checkpoint

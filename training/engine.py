@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -12,13 +13,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from napari_samlung.evaluate import predict_labels
+from napari_samlung.errors import SamLungError
+from napari_samlung.inference.images import predict_labels
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.metrics import dice_per_image
 from napari_samlung.model import normalize
 from napari_samlung.model.config import SamLungConfig
-from training.distributed import all_reduce_sum
+from napari_samlung.training_runs.contract import StepEvent
+from training.distributed import all_reduce_min, all_reduce_sum
 from training.progress import MetricsLog
+
+#: Why a run diverged, and what to try, at the end of its one-line error.
+DIVERGED_HINT = "training stopped, earlier checkpoints are kept (try a lower {opt:lr})"
+
+
+class DivergedError(SamLungError):
+    """The loss or the weights stopped being finite numbers: training cannot go on."""
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -79,11 +89,14 @@ def train_one_epoch(
     """Train for ``progress.steps`` batches; returns the epoch's mean loss and images/s (all ranks).
 
     Logs every ``print_freq`` steps (and the last) with the loss averaged over those steps and
-    over the ranks.
+    over the ranks. A loss that is not finite on any rank raises :class:`DivergedError` on every
+    rank at the next log step (the check rides on the reduction the log needs), naming the first
+    step where it happened.
     """
     model.train()
     epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, steps, images
     window = torch.zeros(3, dtype=torch.float64, device=device)
+    first_bad_step = torch.full((1,), math.inf, dtype=torch.float64, device=device)
     epoch_start = window_start = time.perf_counter()
     for step, (images, labels) in enumerate(itertools.islice(loader, progress.steps), start=1):
         images = images.to(device, non_blocking=True)
@@ -91,21 +104,27 @@ def train_one_epoch(
         loss = train_step(model, config, criterion, optimizer, scaler, images, labels, amp_dtype)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        window += torch.stack([loss.detach().double(), loss.new_ones((), dtype=torch.float64),
+        loss64 = loss.detach().double()
+        window += torch.stack([loss64, loss.new_ones((), dtype=torch.float64),
                                loss.new_full((), images.shape[0], dtype=torch.float64)])
+        first_bad_step = torch.where(torch.isfinite(loss64), first_bad_step, first_bad_step.clamp_max(step))
         if step % progress.print_freq == 0 or step == progress.steps:
             totals = all_reduce_sum(window.clone())
             now = time.perf_counter()
             loss_mean = (totals[0] / totals[1]).item()
+            if not math.isfinite(loss_mean):
+                bad_step = int(all_reduce_min(first_bad_step)[0].item())
+                raise DivergedError(f"epoch {progress.epoch + 1}, step {bad_step}/{progress.steps}: "
+                                    f"the loss is {loss_mean}; {DIVERGED_HINT}")
             images_per_s = totals[2].item() / max(now - window_start, 1e-9)
             logger.info(
                 f"epoch {progress.epoch + 1}/{progress.epochs}  step {step}/{progress.steps}  "
                 f"loss {loss_mean:.4f}  lr {lr:.3g}  {images_per_s:.1f} img/s"
             )
-            metrics.write(
-                "step", epoch=progress.epoch + 1, epochs=progress.epochs, step=step, steps=progress.steps,
+            metrics.write(StepEvent(
+                epoch=progress.epoch + 1, epochs=progress.epochs, step=step, steps=progress.steps,
                 global_step=progress.global_step + step, loss=loss_mean, lr=lr, images_per_s=images_per_s,
-            )
+            ))
             epoch_sums += totals
             window.zero_()
             window_start = now

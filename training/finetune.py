@@ -13,6 +13,9 @@ exported correction set (``manifest.json``), several times to combine them. The 
 ``best.pt`` (highest validation Dice), ``last.pt`` (with the state ``--resume`` needs),
 ``metrics.jsonl`` and ``train.log`` into ``--output-dir``. ``--test-only`` evaluates a checkpoint
 on the test split instead.
+
+The research code's launch lines work as they are: its short options (``-b``, ``-j``),
+``--start_epoch`` and boolean values (``--amp True``, ``--sync_bn False``, ``--save-best True``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import dataclasses
 import hashlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -30,7 +34,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from napari_samlung.errors import SamLungError
+from napari_samlung.errors import SamLungError, flag_name, user_error
 from napari_samlung.data import (
     AugmentConfig,
     DataError,
@@ -40,27 +44,28 @@ from napari_samlung.data import (
     discover_training_data,
 )
 from napari_samlung.files import write_atomic
-from napari_samlung.evaluate import (
-    PredictError,
-    Postprocess,
-    evaluate_pairs,
-    postprocess_from_args,
-    summary_line,
-    write_results,
-)
+from napari_samlung.evaluation import Postprocess, evaluate_pairs, summary_line, write_results
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.model import SamLung
-from napari_samlung.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from napari_samlung.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from napari_samlung.model.config import PRESETS
+from napari_samlung.training_runs.contract import (
+    DoneEvent,
+    EpochEvent,
+    ErrorEvent,
+    EvaluationEvent,
+    RunFolder,
+    StartEvent,
+)
 from training.distributed import (
     DistInfo,
-    DistributedSetupError,
     all_gather_object,
+    all_reduce_sum,
     barrier,
     cleanup,
     init_distributed,
 )
-from training.engine import EpochProgress, train_one_epoch, validate
+from training.engine import DIVERGED_HINT, DivergedError, EpochProgress, train_one_epoch, validate
 from training.losses import SegmentationLoss
 from training.progress import MetricsLog, setup_logging
 from training.schedule import poly_schedule
@@ -69,15 +74,78 @@ from training.state import capture_rng, restore_rng, seed_everything
 PROG = "samlung-finetune"
 SIZE_MULTIPLE = 16
 RESUME_KIND = "samlung-finetune-state"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
 
 
 class UsageError(SamLungError):
     """Options that do not fit together or do not fit the data."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes print one line (``samlung-finetune: error: ...``) and exit 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def truth_value(text: str) -> bool:
+    """A boolean option's value: true/false, yes/no, on/off or 1/0, in any case."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS + FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def positive_float(text: str) -> float:
+    """A finite number above zero (``nan`` and ``inf`` are refused)."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number, zero or more (``nan`` and ``inf`` are refused)."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """cpu, cuda or cuda:N; auto takes CUDA when present. Anything else is a usage error."""
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(text).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def add_flag(group: argparse._ArgumentGroup, *names: str, help: str, default: bool = False, **kwargs) -> None:
+    """A boolean option: the bare flag means true, and the research code's spelling with a value
+    (``--amp True``, ``--sync_bn False``) works too."""
+    group.add_argument(*names, nargs="?", const=True, default=default, type=truth_value, metavar="BOOL",
+                       help=help, **kwargs)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """Every option of the program (the research code's, plus what makes it usable)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -89,11 +157,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--crop-size", type=int, default=None,
                       help="train on random square crops of this side (multiple of 16); "
                            "images may then differ in size")
-    data.add_argument("--val-fraction", type=float, default=0.2,
+    data.add_argument("--val-fraction", type=fraction, default=0.2,
                       help="share of training pairs held out when there is no validation data")
-    data.add_argument("--mpp", type=float, default=None,
+    data.add_argument("--mpp", type=positive_float, default=None,
                       help="microns per pixel of the data (default: from the manifests when they agree)")
-    data.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per rank")
+    data.add_argument("-j", "--workers", type=int, default=4, help="DataLoader worker processes per rank")
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=tuple(PRESETS), default="vit_b",
@@ -105,61 +173,76 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--resume", default=None, help="continue the run that wrote this last.pt")
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                       help="cuda or cpu (under torchrun each process takes cuda:LOCAL_RANK)")
-    optim.add_argument("--batch-size", type=int, default=4, help="images per step per process")
+    optim.add_argument("--device", type=device_name, default="auto",
+                       help="auto (CUDA when present), cuda, cuda:N or cpu "
+                            "(under torchrun each process takes cuda:LOCAL_RANK)")
+    optim.add_argument("-b", "--batch-size", type=int, default=4, help="images per step per process")
     optim.add_argument("--epochs", type=int, default=50)
+    optim.add_argument("--start_epoch", "--start-epoch", dest="start_epoch", type=int, default=0,
+                       help="epochs already done: a new run starts after them, on the learning-rate "
+                            "curve where they left it (--resume takes its own)")
     optim.add_argument("--max-steps-per-epoch", type=int, default=None,
                        help="cap on optimizer steps per epoch (short runs)")
-    optim.add_argument("--lr", type=float, default=0.01,
+    optim.add_argument("--lr", type=positive_float, default=0.01,
                        help="base learning rate (poly schedule, 1 warm-up epoch)")
-    optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--weight-decay", "--wd", type=float, default=1e-4)
-    optim.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
+    optim.add_argument("--momentum", type=non_negative_float, default=0.9)
+    optim.add_argument("--weight-decay", "--wd", type=non_negative_float, default=1e-4)
+    add_flag(optim, "--amp", help="mixed precision (autocast)")
     optim.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16",
                        help="autocast dtype with --amp (float16 adds a gradient scaler)")
-    optim.add_argument("--checkpointing", action="store_true",
-                       help="recompute encoder blocks in backward (less memory)")
-    optim.add_argument("--compile", action="store_true", help="torch.compile the encoder blocks")
+    add_flag(optim, "--checkpointing", help="recompute encoder blocks in backward (less memory)")
+    add_flag(optim, "--compile", help="torch.compile the encoder blocks")
     optim.add_argument("--seed", type=int, default=0)
 
     distributed = parser.add_argument_group("distributed (start with torchrun)")
-    distributed.add_argument("--distributed", action="store_true",
-                             help="join a process group even with one process "
-                                  "(automatic when torchrun starts several)")
-    distributed.add_argument("--sync_bn", "--sync-bn", dest="sync_bn", action="store_true",
-                             help="SyncBatchNorm across processes (CUDA)")
+    add_flag(distributed, "--distributed",
+             help="join a process group even with one process (automatic when torchrun starts several)")
+    add_flag(distributed, "--sync_bn", "--sync-bn", dest="sync_bn", help="SyncBatchNorm across processes (CUDA)")
     distributed.add_argument("--world-size", type=int, default=None,
                              help="number of processes (checked against torchrun's)")
     distributed.add_argument("--dist-url", default="env://", help="process group rendezvous")
+    distributed.add_argument("--dist-timeout", type=positive_float, default=60.0, metavar="SECONDS",
+                             help="give up when the processes have not all met at --dist-url by then")
 
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default="output", help="checkpoints, metrics.jsonl, train.log")
-    output.add_argument("--save-best", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep best.pt, the checkpoint with the highest validation Dice")
+    add_flag(output, "--save-best", default=True,
+             help="keep best.pt, the checkpoint with the highest validation Dice")
+    output.add_argument("--no-save-best", dest="save_best", action="store_false", help="no best.pt")
     output.add_argument("--print-freq", type=int, default=10, help="log every N steps")
-    output.add_argument("--rank-digests", action="store_true",
-                        help="debugging DDP: each rank writes a SHA-256 of its trainable weights at the end")
+    add_flag(output, "--rank-digests",
+             help="debugging DDP: each rank writes a SHA-256 of its trainable weights at the end")
 
     test = parser.add_argument_group("evaluation")
-    test.add_argument("--test-only", action="store_true",
-                      help="evaluate --resume/--init-checkpoint (else OUTPUT_DIR/best.pt) on the test split")
-    test.add_argument("--save-masks", action="store_true", help="with --test-only: write the predicted masks")
-    test.add_argument("--no-postprocess", action="store_true",
-                      help="with --test-only: no morphological open/close")
+    add_flag(test, "--test-only",
+             help="evaluate --resume/--init-checkpoint (else OUTPUT_DIR/best.pt) on the test split")
+    add_flag(test, "--save-masks", help="with --test-only: write the predicted masks")
+    add_flag(test, "--no-postprocess", help="with --test-only: no morphological open/close")
     test.add_argument("--kernel-size", type=int, default=15, help="with --test-only: open/close kernel side")
     test.add_argument("--iterations", type=int, default=5, help="with --test-only: open/close repetitions")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: 0 on success, 2 with a one-line message on bad input."""
+    """Console entry point: 0 on success, 2 with a one-line message on bad input, 130 with one
+    line on Ctrl-C (the checkpoints already written stay as they are: they appear atomically)."""
     args = get_args_parser().parse_args(argv)
     try:
         return run(args)
-    except (DataError, CheckpointError, DistributedSetupError, PredictError, UsageError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        last = RunFolder(Path(args.output_dir)).last
+        if args.test_only:
+            kept = ""
+        else:
+            kept = f"; continue with --resume {last}" if last.is_file() else "; no epoch had finished, nothing saved"
+        print(f"{PROG}: interrupted{kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         cleanup()
 
@@ -168,20 +251,37 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse values that cannot work before any data or model is touched."""
     for name in ("batch_size", "epochs", "print_freq"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise UsageError(f"{flag_name(name)} must be >= 1, got {getattr(args, name)}")
     if args.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         raise UsageError(f"--max-steps-per-epoch must be >= 1, got {args.max_steps_per_epoch}")
     if args.crop_size is not None and (args.crop_size < SIZE_MULTIPLE or args.crop_size % SIZE_MULTIPLE):
         raise UsageError(f"--crop-size must be a positive multiple of {SIZE_MULTIPLE}, got {args.crop_size}")
+    if not 0 <= args.start_epoch < args.epochs:
+        raise UsageError(f"--start_epoch must be >= 0 and below --epochs {args.epochs}, got {args.start_epoch}")
     if args.resume and args.init_checkpoint:
         raise UsageError("--resume and --init-checkpoint exclude each other (resume continues a run; "
                          "init-checkpoint starts a new one from a model)")
-    if args.mpp is not None and not (math.isfinite(args.mpp) and args.mpp > 0):
-        raise UsageError(f"--mpp must be a positive number, got {args.mpp}")
-    if args.lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
+
+
+def prepare_output_dir(root: Path) -> None:
+    """Create ``root`` (``--output-dir``) if needed; refuse a file or a folder that cannot be written."""
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root}: {{opt:output_dir}} is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{root}: cannot create the {{opt:output_dir}} folder ({exc.strerror or exc})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UsageError(f"{root}: {{opt:output_dir}} is not writable")
+
+
+def weights_are_finite(model: SamLung) -> bool:
+    """Whether every trainable tensor is finite on every rank (a collective: all ranks call it)."""
+    tensors = [t for t in model.trainable_state_dict().values() if t.is_floating_point()]
+    bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).sum().to(torch.float64).reshape(1)
+    return all_reduce_sum(bad).item() == 0
 
 
 def build_model(args: argparse.Namespace, num_classes: int, tile_size: int | None, logger) -> SamLung:
@@ -218,17 +318,17 @@ def weights_digest(model: SamLung) -> str:
     return digest.hexdigest()
 
 
-def test_only(args: argparse.Namespace, dist: DistInfo, output_dir: Path, logger, metrics: MetricsLog) -> int:
+def test_only(args: argparse.Namespace, dist: DistInfo, folder: RunFolder, logger, metrics: MetricsLog) -> int:
     """Evaluate a checkpoint on the test split (else the validation split), on rank 0."""
-    checkpoint = Path(args.resume or args.init_checkpoint or output_dir / "best.pt")
-    postprocess: Postprocess = postprocess_from_args(args)
+    checkpoint = Path(args.resume or args.init_checkpoint or folder.best)
+    postprocess = Postprocess(not args.no_postprocess, args.kernel_size, args.iterations)
     model = load_checkpoint(checkpoint, sam_weights=args.sam_weights)
     data = discover_training_data(args.data_path, model.config.num_classes, require_train=False)
     pairs, split = (data.test, "test") if data.test else (data.val, "val")
     if not pairs:
         raise DataError("no test or val pairs in " + ", ".join(args.data_path))
     if dist.is_main:
-        test_dir = output_dir / "test"
+        test_dir = folder.root / "test"
         masks_dir = test_dir / "masks" if args.save_masks else None
         (masks_dir or test_dir).mkdir(parents=True, exist_ok=True)
         predictor = TilePredictor(model, model.config, dist.device, amp=args.amp)
@@ -238,31 +338,34 @@ def test_only(args: argparse.Namespace, dist: DistInfo, output_dir: Path, logger
         summary = write_results(test_dir, results)
         logger.info(summary_line(summary))
         logger.info(f"per-image metrics: {test_dir / 'metrics.tsv'}")
-        metrics.write("test", checkpoint=str(checkpoint), split=split, **summary)
+        metrics.write(EvaluationEvent(str(checkpoint), split, summary))
     barrier()
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    dist = init_distributed(args.device, args.distributed, args.dist_url, args.world_size)
-    logger = setup_logging(dist.is_main, output_dir)
-    metrics = MetricsLog(output_dir / "metrics.jsonl" if dist.is_main else None)
+    folder = RunFolder(Path(args.output_dir))
+    prepare_output_dir(folder.root)
+    dist = init_distributed(args.device, args.distributed, args.dist_url, args.world_size, args.dist_timeout)
+    logger = setup_logging(dist.is_main, folder.root)
+    metrics = MetricsLog(folder.metrics if dist.is_main else None)
     try:
         seed_everything(args.seed)
         if args.test_only:
-            return test_only(args, dist, output_dir, logger, metrics)
-        return train(args, dist, output_dir, logger, metrics)
-    except (DataError, CheckpointError, DistributedSetupError, PredictError, UsageError) as exc:
-        metrics.write("error", message=" ".join(str(exc).split()))
+            return test_only(args, dist, folder, logger, metrics)
+        return train(args, dist, folder, logger, metrics)
+    except SamLungError as exc:
+        metrics.write(ErrorEvent(" ".join(str(exc).split())))
+        raise
+    except KeyboardInterrupt:
+        metrics.write(ErrorEvent("interrupted"))
         raise
     finally:
         metrics.close()
 
 
-def train(args: argparse.Namespace, dist: DistInfo, output_dir: Path, logger, metrics: MetricsLog) -> int:
+def train(args: argparse.Namespace, dist: DistInfo, folder: RunFolder, logger, metrics: MetricsLog) -> int:
     device = dist.device
 
     # ---- data
@@ -333,12 +436,13 @@ def train(args: argparse.Namespace, dist: DistInfo, output_dir: Path, logger, me
 
     # ---- loss, schedule, mixed precision
     criterion = SegmentationLoss(data.num_classes).to(device)
-    scheduler = poly_schedule(optimizer, total_steps=args.epochs * steps, warmup_steps=steps)
+    scheduler = poly_schedule(optimizer, total_steps=args.epochs * steps, warmup_steps=steps,
+                              start_step=args.start_epoch * steps)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     # ---- resume
-    start_epoch, global_step, best_dice = 0, 0, -1.0
+    start_epoch, global_step, best_dice = args.start_epoch, args.start_epoch * steps, -1.0
     if args.resume:
         state = read_checkpoint(args.resume).get("extra", {})
         if state.get("kind") != RESUME_KIND:
@@ -347,6 +451,8 @@ def train(args: argparse.Namespace, dist: DistInfo, output_dir: Path, logger, me
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if args.start_epoch not in (0, state["epoch"]):
+            logger.warning(f"--start_epoch {args.start_epoch} ignored: --resume continues after epoch {state['epoch']}")
         start_epoch, global_step, best_dice = state["epoch"], state["global_step"], state["best_dice"]
         if state["steps_per_epoch"] != steps:
             logger.warning(f"--resume: {steps} steps per epoch now, {state['steps_per_epoch']} before; "
@@ -360,10 +466,10 @@ def train(args: argparse.Namespace, dist: DistInfo, output_dir: Path, logger, me
         logger.info(f"resuming {args.resume} after epoch {start_epoch} (best Dice so far {best_dice:.4f})")
 
     # ---- the epoch loop
-    best_path, last_path = output_dir / "best.pt", output_dir / "last.pt"
-    metrics.write("start", epochs=args.epochs, start_epoch=start_epoch + 1, steps=steps,
-                  train_images=len(data.train), val_images=len(data.val), world_size=dist.world_size,
-                  batch_size=args.batch_size, resumed=bool(args.resume))
+    best_path, last_path = folder.best, folder.last
+    metrics.write(StartEvent(epochs=args.epochs, start_epoch=start_epoch + 1, steps=steps,
+                             train_images=len(data.train), val_images=len(data.val), world_size=dist.world_size,
+                             batch_size=args.batch_size, resumed=bool(args.resume)))
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.perf_counter()
         train_sampler.set_epoch(epoch)
@@ -371,6 +477,9 @@ def train(args: argparse.Namespace, dist: DistInfo, output_dir: Path, logger, me
         train_stats = train_one_epoch(ddp_model, model.config, criterion, optimizer, scheduler, scaler,
                                       train_loader, device, amp_dtype, progress, logger, metrics)
         global_step += steps
+        if not weights_are_finite(model):  # never save them, never go on from them
+            raise DivergedError(f"epoch {epoch + 1}: the weights are no longer finite after its last step; "
+                                f"{DIVERGED_HINT}")
         val_stats = validate(model, val_loader, device, amp=args.amp)
         is_best = val_stats["val_dice"] > best_dice
         best_dice = max(best_dice, val_stats["val_dice"])
@@ -389,17 +498,17 @@ def train(args: argparse.Namespace, dist: DistInfo, output_dir: Path, logger, me
         logger.info(f"epoch {epoch + 1}/{args.epochs} done: loss {train_stats['loss']:.4f}  lr {lr:.3g}  "
                     f"val Dice {val_stats['val_dice']:.4f}{' (best)' if is_best else ''}  "
                     f"{train_stats['images_per_s']:.1f} img/s  {time.perf_counter() - epoch_start:.1f} s")
-        metrics.write("epoch", epoch=epoch + 1, epochs=args.epochs, loss=train_stats["loss"], lr=lr,
-                      val_dice=val_stats["val_dice"], val_images=val_stats["val_images"], best_dice=best_dice,
-                      is_best=is_best, images_per_s=train_stats["images_per_s"],
-                      time_s=time.perf_counter() - epoch_start)
+        metrics.write(EpochEvent(epoch=epoch + 1, epochs=args.epochs, loss=train_stats["loss"], lr=lr,
+                                 val_dice=val_stats["val_dice"], val_images=val_stats["val_images"],
+                                 best_dice=best_dice, is_best=is_best, images_per_s=train_stats["images_per_s"],
+                                 time_s=time.perf_counter() - epoch_start))
     barrier()
     if start_epoch >= args.epochs:
         logger.info(f"nothing to do: the run already finished its {args.epochs} epochs")
     if args.rank_digests:
-        write_atomic(output_dir / f"digest-rank{dist.rank}.txt", (weights_digest(model) + "\n").encode())
+        write_atomic(folder.digest(dist.rank), (weights_digest(model) + "\n").encode())
     best = str(best_path) if args.save_best and best_path.is_file() else None
-    metrics.write("done", best=best, last=str(last_path) if last_path.is_file() else None)
+    metrics.write(DoneEvent(best=best, last=str(last_path) if last_path.is_file() else None))
     logger.info(f"done: best {best} (val Dice {best_dice:.4f}), last {last_path}")
     return 0
 

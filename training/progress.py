@@ -1,18 +1,17 @@
 """How a run reports: log lines (console, and ``train.log`` on rank 0) and ``metrics.jsonl``.
 
-``metrics.jsonl`` holds one JSON object per line, flushed at once, so the napari widget can tail
-it: ``{"event": "start" | "step" | "epoch" | "test" | "done" | "error", ...}``.
+``metrics.jsonl`` holds one event per line, flushed at once, so the napari widget can tail it;
+the events and their encoding are the fine-tuning contract's
+(:mod:`napari_samlung.training_runs.contract`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
-import time
 from pathlib import Path
-from typing import Any
+
+from napari_samlung.training_runs.contract import Event, RunFolder, encode_event
 
 LOGGER_NAME = "samlung-finetune"
 
@@ -27,16 +26,10 @@ def setup_logging(is_main: bool, output_dir: Path | None) -> logging.Logger:
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
     if is_main and output_dir is not None:
-        handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
+        handler = logging.FileHandler(RunFolder(output_dir).train_log, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     return logger
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN/inf
-    return value
 
 
 class MetricsLog:
@@ -46,11 +39,11 @@ class MetricsLog:
         self.path = path
         self._file = None if path is None else open(path, "a", encoding="utf-8")
 
-    def write(self, event: str, **fields: Any) -> None:
+    def write(self, event: Event) -> None:
+        """Append ``event`` as one line, flushed so that a reader sees it at once."""
         if self._file is None:
             return
-        record = {"event": event, "time": round(time.time(), 3), **{k: _plain(v) for k, v in fields.items()}}
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(encode_event(event) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -23,7 +23,12 @@ def poly_factor(step: int, total_steps: int, warmup_steps: int, power: float = 0
 
 
 def poly_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, power: float = 0.9
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, power: float = 0.9,
+    start_step: int = 0,
 ) -> LambdaLR:
-    """A per-step scheduler following :func:`poly_factor` (its state_dict holds plain numbers)."""
-    return LambdaLR(optimizer, lambda step: poly_factor(step, total_steps, warmup_steps, power))
+    """A per-step scheduler following :func:`poly_factor` (its state_dict holds plain numbers),
+    standing at ``start_step`` (steps already done, as by ``--start_epoch``)."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # LambdaLR's base rate, needed to start further on
+    return LambdaLR(optimizer, lambda step: poly_factor(step, total_steps, warmup_steps, power),
+                    last_epoch=start_step - 1)

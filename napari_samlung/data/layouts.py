@@ -1,8 +1,9 @@
 """Finding image/label pairs in the two training-data layouts.
 
 1. Research layout: ``DATA/{train,val,test}/mask/*`` are the RGB images (sic) and
-   ``DATA/{train,val,test}/label/*`` the labels with the same names; 0/255 binary labels
-   (> 127 is tumor) when the model is binary, class indices otherwise.
+   ``DATA/{train,val,test}/label/*`` the labels with the same names; when the model is binary,
+   tumor masks stored as 0/255 (> 127 is tumor) or as 0/1, recognised per file; class indices
+   otherwise.
 2. Exported correction set: ``SET/manifest.json`` (format ``samlung-training-set``, version 1)
    listing ``images/<id>.png`` and ``labels/<id>.png`` (0 background, 1..N classes, 255 ignored).
 
@@ -27,7 +28,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "samlung-training-set"
 MANIFEST_VERSION = 1
 
-#: Label encodings: research labels (0/255 when binary) or class indices with 255 ignored.
+#: Label encodings: research labels (0/255 or 0/1 masks when binary) or class indices with 255 ignored.
 RESEARCH = "research"
 INDEXED = "indexed"
 

@@ -11,16 +11,35 @@ from napari_samlung.data.files import DataError, read_gray, read_rgb
 from napari_samlung.data.layouts import RESEARCH, Pair
 from napari_samlung.labels import IGNORE, TUMOR
 
+#: Of a research 0/255 mask, values above this are tumor (tolerates JPEG ringing).
+MASK_THRESHOLD = 127
+
 
 def decode_label(raw: np.ndarray, encoding: str, num_classes: int, path: object) -> np.ndarray:
     """Turn a label file's pixels into class values (0..num_classes, IGNORE).
 
-    Research labels of a binary model are 0/255 masks (JPEG-tolerant: > 127 is tumor); every
-    other label holds class indices, where any value above ``num_classes`` other than IGNORE is
-    an error naming ``path``.
+    Research labels of a binary model are masks, told apart per file by their largest value:
+    0/1 (1 is tumor) when it is at most 1, else 0/255 (JPEG-tolerant: > 127 is tumor). A file
+    whose largest value lies in 2..127 is neither and is refused naming ``path``, never read as
+    all background. Every other label holds class indices, where any value above
+    ``num_classes`` other than IGNORE is an error naming ``path``; so is a research 0/255 mask
+    given to a model of more classes (its tumor would silently count as not reviewed).
     """
     if encoding == RESEARCH and num_classes == 1:
-        return np.where(raw > 127, TUMOR, 0).astype(np.uint8)
+        top = int(raw.max(initial=0))
+        if top <= TUMOR:
+            return raw.astype(np.uint8, copy=False)
+        if top <= MASK_THRESHOLD:
+            raise DataError(
+                f"{path}: label values up to {top}, none above {MASK_THRESHOLD}: neither a 0/255 nor a "
+                "0/1 tumor mask (class indices need a model with more classes)"
+            )
+        return np.where(raw > MASK_THRESHOLD, TUMOR, 0).astype(np.uint8)
+    if encoding == RESEARCH and raw.max(initial=0) == IGNORE and not ((raw != 0) & (raw != IGNORE)).any():
+        raise DataError(
+            f"{path}: a 0/255 tumor mask, but the model has {num_classes} classes besides background "
+            "(its 255 would be read as 'not reviewed'): use a binary model, or labels of class indices"
+        )
     bad = (raw > num_classes) & (raw != IGNORE)
     if bad.any():
         values = sorted({int(v) for v in np.unique(raw[bad])[:5]})
