@@ -9,8 +9,10 @@ not the private 0600 of a temporary file, so a colleague can read shared results
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -58,3 +60,16 @@ def write_json_atomic(path: str | os.PathLike, data: Any, *, indent: int | None 
         json.dump(data, handle, indent=indent, separators=separators)
         if indent is not None:
             handle.write("\n")
+
+
+def remove_leftovers(path: str | os.PathLike, suffix: str = ".tmp") -> None:
+    """Remove what killed writes of ``path`` left beside it: ``.NAME.*SUFFIX`` files or folders
+    (the temporary names of :func:`atomic_file`, or of a writer's own work folder). A write of the
+    same file going on in another process loses its temporary too; two writers of one file would
+    spoil it anyway."""
+    path = Path(path)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)

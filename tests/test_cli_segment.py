@@ -63,6 +63,8 @@ def test_segment_writes_class_map_label_tiff_and_geojson(slide, tmp_path):
 
 def test_rerun_after_a_killed_run_resumes_and_matches_an_uninterrupted_run(tall_slide, tmp_path):
     common = ["--preset", "tiny", "--device", "cpu", "--batch-size", "1", "--no-export"]
+    for name in ("whole", "killed"):
+        (tmp_path / name).mkdir()  # a chosen results folder must exist
     whole = samlung("segment", tall_slide, "-o", tmp_path / "whole", *common)
     assert whole.returncode == 0, whole.stderr
 
@@ -166,6 +168,7 @@ def test_under_torchrun_each_rank_takes_its_share_of_the_slides(slide, tmp_path)
 
     slides = [shutil.copy(slide, tmp_path / f"s{i}.svs") for i in range(3)]
     env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}  # what torchrun sets
+    (tmp_path / "out").mkdir()
     done = samlung("segment", *slides, "--preset", "tiny", "--device", "cpu", "--no-export", "-o", tmp_path / "out",
                    env=env)
     assert done.returncode == 0, done.stderr

@@ -11,9 +11,12 @@ import tifffile
 from classmap_factory import make_classmap
 from slide_factory import he_texture
 
-from napari_samlung.commands.export import add_export_arguments, run_export
+from napari_samlung.cli import main
+from napari_samlung.commands.export import add_arguments as add_export_arguments, run as run_export
 from napari_samlung.data.files import read_rgb
 from napari_samlung.data.layouts import read_export_set
+from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.lock import writing
 from napari_samlung.slide import open_slide
 from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 
@@ -69,7 +72,7 @@ def test_reviewed_only_geojson_holds_the_region_rectangles(results, tmp_path):
     ("setup", "argv", "message"),
     [
         (None, ["{tmp}/nowhere", "--geojson", "{tmp}/x.geojson"], "nowhere"),
-        (None, ["{results}"], "nothing to export"),
+        (None, ["{results}"], "nothing to do"),
         ("no-regions", ["{results}", "--training-set", "{tmp}/SET"], "no reviewed regions"),
         ("bad-slide", ["{results}", "--training-set", "{tmp}/SET", "--slide", "{tmp}/fake.svs"], "fake.svs"),
         ("existing", ["{results}", "--geojson", "{tmp}/x.geojson"], "already exists"),
@@ -78,8 +81,6 @@ def test_reviewed_only_geojson_holds_the_region_rectangles(results, tmp_path):
 )
 def test_bad_input_raises_one_line_errors_naming_the_path(results, tmp_path, setup, argv, message):
     if setup == "no-regions":
-        from napari_samlung.results.classmap import ClassMap
-
         cm = ClassMap.open(results, mode="r+")
         cm.remove_reviewed(cm.reviewed[0]["id"])
     elif setup == "bad-slide":
@@ -108,3 +109,39 @@ def test_real_svs_exports_tiles_read_at_model_resolution(real_svs, tmp_path):
         for tile in manifest["tiles"]:
             expected = slide.read_scaled(tile["y"], tile["x"], 128, 128, 2.0)
             np.testing.assert_array_equal(read_rgb(tmp_path / "SET" / tile["image"]), expected)
+
+
+def test_reviewed_regions_are_listed_in_slide_pixels_and_removed_by_id(results, tmp_path, capsys):
+    region = ClassMap.open(results).reviewed[0]["id"]
+    assert export(results, "--list-reviewed") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{results}: 1 reviewed region(s) (id, level-0 x y width height, reviewed)"
+    assert out[1].split()[:5] == [region, "20", "20", "200", "120"]  # class-map box (10, 10, 60, 100) at scale 2
+
+    assert export(results, "--remove-reviewed", region, "--list-reviewed") == 0
+    assert ClassMap.open(results).reviewed == []
+    assert capsys.readouterr().out.splitlines() == [f"removed reviewed region {region} from {results}",
+                                                    f"{results}: 0 reviewed region(s)"]
+
+
+def test_removing_an_unknown_region_names_the_known_ones_and_removes_none(results):
+    region = ClassMap.open(results).reviewed[0]["id"]
+    with pytest.raises(ValueError) as info:
+        export(results, "--remove-reviewed", region, "--remove-reviewed", "nope")
+    assert str(info.value) == f"--remove-reviewed: {results}: no reviewed region nope (its reviewed regions: {region})"
+    assert len(ClassMap.open(results).reviewed) == 1
+
+
+def test_removing_waits_for_no_one_while_another_process_writes_the_results(results):
+    region = ClassMap.open(results).reviewed[0]["id"]
+    with writing(results, "a review being applied"), pytest.raises(ValueError, match="a review being applied"):
+        export(results, "--remove-reviewed", region)
+    assert len(ClassMap.open(results).reviewed) == 1
+
+
+def test_a_damaged_chunk_is_one_line_and_exit_2(results, tmp_path, capsys):
+    chunk = next(p for p in (results / "classmap.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"garbage" * 10)
+    assert main(["export", str(results), "--geojson", str(tmp_path / "x.geojson")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(chunk) in lines[0], lines

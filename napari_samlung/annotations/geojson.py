@@ -28,7 +28,7 @@ from skimage import measure
 
 from napari_samlung.geometry import Box, intersect
 from napari_samlung.results.classmap import ClassMap
-from napari_samlung.files import write_json_atomic
+from napari_samlung.files import remove_leftovers, write_json_atomic
 from napari_samlung.labels import class_color, class_name
 
 #: Longest side, in pixels, of the image traced by default: bounds memory and time on whole slides.
@@ -101,7 +101,8 @@ def classmap_to_geojson(
     never loaded at full resolution. Memory is about 7 bytes per traced pixel, plus 10 per pixel
     of the largest object's bounding box (``find_contours`` works in float64): at most about
     1.2 GB for a 8192 x 8192 trace filled by one object. ``reviewed_boxes`` adds each reviewed
-    region as a rectangle annotation named after its id.
+    region as a rectangle annotation named after its id. The temporary files of earlier writes of
+    ``path`` that were killed are removed.
     """
     if reviewed_only:
         if regions is not None:
@@ -126,6 +127,7 @@ def classmap_to_geojson(
         features += [_rectangle_feature(classmap, record) for record in classmap.reviewed]
     collection = {"type": "FeatureCollection", "features": features}
     if path is not None:
+        remove_leftovers(path)
         write_json_atomic(path, collection)
     return collection
 

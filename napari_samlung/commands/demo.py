@@ -21,9 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_samlung.commands.options import positive_int
 from napari_samlung.geometry import Box
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.metrics import dice_score as dice
+
+DESCRIPTION = ("Segment a synthetic slide with a tiny model, correct one region from the known truth, export it, "
+               "fine-tune on it with two DDP processes, segment again, and print Dice before and after. --gui opens "
+               "napari on the same data.")
 
 SLIDE_SIDE = 2048
 REGION_SIDE = 768  # the corrected region: 3 x 3 tiles of the tiny model
@@ -81,12 +86,10 @@ def _segment(paths: DemoPaths, checkpoint: Path, overwrite: bool) -> ClassMap:
     from tqdm import tqdm
 
     from napari_samlung.inference.engine import SegmentationParams, segment
-    from napari_samlung.inference.models import load_model
-    from napari_samlung.inference.predictor import TilePredictor
+    from napari_samlung.inference.models import load_predictor
     from napari_samlung.slide import open_slide
 
-    model, info = load_model(checkpoint)
-    predictor = TilePredictor(model, model.config, "cpu", info=info)
+    predictor = load_predictor(checkpoint, device="cpu")
     with open_slide(paths.slide) as slide, tqdm(desc="  segment", unit="tile", leave=False, disable=None) as bar:
         def show(event):
             bar.total = event.total
@@ -205,17 +208,17 @@ def open_gui(root: Path) -> None:
     napari.run()
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``samlung demo``."""
     parser.add_argument("--out", type=Path, help="folder for everything the demo makes (default: a new "
                                                  "samlung-demo-<time> folder here)")
-    parser.add_argument("--epochs", type=int, default=60, help="fine-tuning epochs (default 60)")
-    parser.add_argument("--nproc", type=int, default=2, help="fine-tuning processes (default 2)")
+    parser.add_argument("--epochs", type=positive_int, default=60, help="fine-tuning epochs (default 60)")
+    parser.add_argument("--nproc", type=positive_int, default=2, help="fine-tuning processes (default 2)")
     parser.add_argument("--gui", action="store_true", help="open napari on the demo data instead")
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
-    if args.epochs < 1 or args.nproc < 1:
-        raise ValueError("--epochs and --nproc must be at least 1")
+def run(args: argparse.Namespace) -> int:
+    """The demo in ``args.out`` (or a new folder here), or napari on it with ``--gui``; returns 0."""
     root = args.out or Path.cwd() / f"samlung-demo-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if args.gui:
         open_gui(root)

@@ -4,7 +4,8 @@ The source is read tile by tile, so it can be a huge zarr array or any object wi
 ``dtype`` and slicing. Each reduced level is computed from the one above it (RGB: area average;
 labels: nearest neighbour) and held in a temporary chunked zarr store beside the output while
 the file is written, so memory stays at a few tiles whatever the image size. The file appears
-under its name only when complete (temporary name, then ``os.replace``).
+under its name only when complete (temporary name, then ``os.replace``); the temporary folder of
+a write that was killed is removed by the next write of the same file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_samlung.errors import FileAccessError
+from napari_samlung.files import remove_leftovers
 
 from .color import rgb_to_ycbcr
 
@@ -90,6 +92,7 @@ def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | tuple[
                          DEFAULT_QUALITY.get(compression) if quality is None else quality,
                          factor, kind, flavor, magnification, description)
     shapes = _level_shapes(tuple(source.shape[:2]), tile, factor, levels)
+    remove_leftovers(path, ".levels")
     workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".levels", dir=path.parent))
     try:
         pyramid = _build_pyramid(source, shapes, settings, workdir)
