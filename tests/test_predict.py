@@ -11,13 +11,9 @@ import pytest
 import torch
 
 from napari_samlung.data import DataError
-from napari_samlung.evaluate import (
-    Postprocess,
-    PredictError,
-    add_predict_arguments,
-    predict_logits,
-    run_predict,
-)
+from napari_samlung.commands.predict import PredictError, add_arguments as add_predict_arguments, run as run_predict
+from napari_samlung.evaluation import Postprocess
+from napari_samlung.inference.images import predict_logits
 from napari_samlung.labels import IGNORE
 from napari_samlung.metrics import image_metrics
 from napari_samlung.model import SamLung, SamLungConfig

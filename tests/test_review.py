@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from classmap_factory import make_classmap, square_with_hole
 
-from napari_samlung.annotations import review
+from napari_samlung.results import drafts as review
 from napari_samlung.results.drafts import ReviewError, list_drafts, open_draft, start_review
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.labels import IGNORE

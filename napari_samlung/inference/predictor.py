@@ -8,17 +8,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from napari_samlung.errors import SamLungError
 from napari_samlung.model.normalize import normalize
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' picks CUDA when present; an unavailable CUDA device is a clear error."""
+    """'auto' picks CUDA when present; anything but the CPU or an existing CUDA device is a
+    :class:`SamLungError` about the ``device`` parameter, before any work starts."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return device
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise SamLungError(f"{device}: not a device (choose auto, cpu, cuda or cuda:N)", param="device")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SamLungError(f"{resolved}: CUDA is not available on this machine", param="device")
+        if resolved.index is not None and resolved.index >= count:
+            raise SamLungError(f"{resolved}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}",
+                               param="device")
+    return resolved
 
 
 class TilePredictor:

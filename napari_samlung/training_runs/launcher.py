@@ -8,13 +8,13 @@ new checkpoint. Setting the ``cancel`` event (or closing the generator) stops th
 group, torchrun's workers included.
 
 Training runs in its own process so that a crash, an out-of-memory error or DDP never takes the
-viewer down with it, and so that torchrun can own the worker processes.
+viewer down with it, and so that torchrun can own the worker processes. What the program is
+asked and what it writes (options, file names, events) is fixed in :mod:`.contract`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -25,79 +25,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generator
 
-from napari_samlung.errors import SamLungError
-
-METRICS_FILE = "metrics.jsonl"
-CONSOLE_FILE = "console.log"
-DEVICES = ("auto", "cpu", "cuda")
-
-
-class FinetuneError(SamLungError):
-    """A fine-tuning run that cannot start or that failed (the message says why)."""
-
-
-@dataclass
-class FinetuneConfig:
-    """What to fine-tune on and how; mirrors ``samlung-finetune``'s options."""
-
-    data_paths: list[Path]  # exported training sets or research DATA folders
-    init_checkpoint: Path  # the SAM-Lung checkpoint to start from
-    output_dir: Path
-    sam_weights: Path | None = None  # not needed for a self-contained checkpoint
-    epochs: int = 1
-    max_steps_per_epoch: int | None = None
-    batch_size: int = 2
-    crop_size: int | None = None
-    lr: float | None = None  # None: the program's default
-    device: str = "auto"  # 'auto' lets the program choose (CUDA when present)
-    workers: int = 0  # DataLoader worker processes per rank
-    nproc: int = 1  # processes; more than one starts torchrun (one per GPU)
-    extra_args: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        """Raise :class:`FinetuneError` naming the first option that cannot work."""
-        if not self.data_paths:
-            raise FinetuneError("no training data given")
-        for path in self.data_paths:
-            if not Path(path).exists():
-                raise FinetuneError(f"training data {path}: no such folder")
-        if not Path(self.init_checkpoint).is_file():
-            raise FinetuneError(f"checkpoint {self.init_checkpoint}: no such file")
-        if self.sam_weights is not None and not Path(self.sam_weights).is_file():
-            raise FinetuneError(f"SAM weights {self.sam_weights}: no such file")
-        for name in ("epochs", "batch_size", "nproc"):
-            if getattr(self, name) < 1:
-                raise FinetuneError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise FinetuneError(f"max_steps_per_epoch must be at least 1, got {self.max_steps_per_epoch}")
-        if self.workers < 0:
-            raise FinetuneError(f"workers must not be negative, got {self.workers}")
-        if self.lr is not None and not self.lr > 0:
-            raise FinetuneError(f"lr must be positive, got {self.lr}")
-        if self.device.split(":")[0] not in DEVICES:
-            raise FinetuneError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+from napari_samlung.training_runs.contract import (
+    TRAINER_MODULE,
+    DoneEvent,
+    EpochEvent,
+    ErrorEvent,
+    Event,
+    FinetuneConfig,
+    FinetuneError,
+    RunFolder,
+    StartEvent,
+    StepEvent,
+    decode_event,
+    read_record,
+    trainer_argv,
+)
 
 
 def build_command(config: FinetuneConfig, python: str | None = None) -> list[str]:
     """The argument vector that runs ``config`` (``python -m training.finetune`` or under torchrun)."""
-    python = python or sys.executable
+    command = [python or sys.executable]
     if config.nproc > 1:
-        command = [python, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(config.nproc), "-m", "training.finetune"]
-    else:
-        command = [python, "-m", "training.finetune"]
-    for path in config.data_paths:
-        command += ["--data-path", str(path)]
-    command += ["--init-checkpoint", str(config.init_checkpoint), "--output-dir", str(config.output_dir),
-                "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
-                "--workers", str(config.workers)]
-    optional = {"--sam-weights": config.sam_weights, "--max-steps-per-epoch": config.max_steps_per_epoch,
-                "--crop-size": config.crop_size, "--lr": config.lr,
-                "--device": None if config.device == "auto" else config.device}
-    for option, value in optional.items():
-        if value is not None:
-            command += [option, str(value)]
-    return command + list(config.extra_args)
+        command += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(config.nproc)]
+    return command + ["-m", TRAINER_MODULE, *trainer_argv(config)]
 
 
 @dataclass
@@ -155,6 +105,46 @@ class _LineTail:
         return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
 
 
+class RunMonitor:
+    """Follows a run's folder: the metrics records and console lines appended since construction
+    (an earlier run's records in the same folder do not count), folded into a :class:`FinetuneProgress`."""
+
+    def __init__(self, folder: RunFolder):
+        self._metrics = _LineTail(folder.metrics)
+        self._console = _LineTail(folder.console)
+        self.state = FinetuneProgress()
+        self.outcome: DoneEvent | ErrorEvent | None = None
+
+    def poll(self) -> FinetuneProgress | None:
+        """New output since the last call as a progress event, or None when nothing came."""
+        log = self._console.read()
+        records = [record for record in map(read_record, self._metrics.read()) if record is not None]
+        for record in records:
+            event = decode_event(record)
+            if event is not None:
+                self._update(event)
+        if not log and not records:
+            return None
+        return dataclasses.replace(self.state, log=log, events=records)
+
+    def _update(self, event: Event) -> None:
+        state = self.state
+        if isinstance(event, StartEvent):
+            state.epochs = event.epochs
+            state.total = event.epochs * event.steps
+            state.epoch = max(0, event.start_epoch - 1)
+            state.done = state.epoch * event.steps
+        elif isinstance(event, StepEvent):
+            state.epoch, state.epochs, state.done = event.epoch, event.epochs, event.global_step
+            state.loss, state.images_per_s = event.loss, event.images_per_s
+        elif isinstance(event, EpochEvent):
+            state.epoch, state.val_dice = event.epoch, event.val_dice
+            if state.epochs and state.total:
+                state.done = state.epoch * state.total // state.epochs
+        elif isinstance(event, (DoneEvent, ErrorEvent)):
+            self.outcome = event
+
+
 class FinetuneProcess:
     """One ``samlung-finetune`` process (group): start, poll its output, cancel."""
 
@@ -162,60 +152,23 @@ class FinetuneProcess:
         config.validate()
         self.config = config
         self.command = build_command(config, python)
-        self.output_dir = Path(config.output_dir)
+        self.folder = RunFolder(Path(config.output_dir))
         self.process: subprocess.Popen | None = None
-        self._metrics: _LineTail | None = None
-        self._console: _LineTail | None = None
-        self.state = FinetuneProgress()
-        self.outcome: dict[str, Any] | None = None  # the 'done' or 'error' record
+        self.monitor: RunMonitor | None = None
 
     def start(self) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = _LineTail(self.output_dir / METRICS_FILE)  # only this run's records
-        console_path = self.output_dir / CONSOLE_FILE
-        self._console = _LineTail(console_path)
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        self.monitor = RunMonitor(self.folder)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(console_path, "ab") as console:
+        with open(self.folder.console, "ab") as console:
             self.process = subprocess.Popen(
                 self.command, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 **_new_process_group())
 
     def poll(self) -> FinetuneProgress | None:
         """New output since the last call as a progress event, or None when nothing came."""
-        assert self._metrics is not None and self._console is not None, "start() first"
-        log = self._console.read()
-        events = []
-        for line in self._metrics.read():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                events.append(record)
-                self._update(record)
-        if not log and not events:
-            return None
-        return dataclasses.replace(self.state, log=log, events=events)
-
-    def _update(self, record: dict[str, Any]) -> None:
-        state, event = self.state, record.get("event")
-        if event == "start":
-            state.epochs = int(record.get("epochs") or 0)
-            steps = int(record.get("steps") or 0)
-            state.total = state.epochs * steps
-            state.epoch = max(0, int(record.get("start_epoch") or 1) - 1)
-            state.done = state.epoch * steps
-        elif event == "step":
-            state.epoch, state.epochs = int(record["epoch"]), int(record.get("epochs") or state.epochs)
-            state.done = int(record.get("global_step") or state.done)
-            state.loss, state.images_per_s = record.get("loss"), record.get("images_per_s")
-        elif event == "epoch":
-            state.epoch = int(record["epoch"])
-            state.val_dice = record.get("val_dice")
-            if state.epochs and state.total:
-                state.done = state.epoch * state.total // state.epochs
-        elif event in ("done", "error"):
-            self.outcome = record
+        assert self.monitor is not None, "start() first"
+        return self.monitor.poll()
 
     @property
     def running(self) -> bool:
@@ -235,9 +188,9 @@ class FinetuneProcess:
 
     def failure(self) -> str:
         """Why the finished process failed, in one line."""
-        if self.outcome and self.outcome.get("event") == "error":
-            return str(self.outcome.get("message"))
-        tail = [line.strip() for line in _tail_lines(self.output_dir / CONSOLE_FILE, 20) if line.strip()]
+        if self.monitor is not None and isinstance(self.monitor.outcome, ErrorEvent):
+            return self.monitor.outcome.message
+        tail = [line.strip() for line in _tail_lines(self.folder.console, 20) if line.strip()]
         last = tail[-1] if tail else "no output"
         return f"exit status {self.process.returncode if self.process else '?'}: {last}"
 
@@ -268,18 +221,18 @@ def run_finetune(
                 run.cancel()
                 while (event := run.poll()) is not None:
                     yield event
-                return FinetuneResult(run.output_dir, True, None, run.process.returncode)
+                return FinetuneResult(run.folder.root, True, None, run.process.returncode)
             time.sleep(poll_s)
     finally:
         run.cancel()
     returncode = run.process.returncode
-    outcome = run.outcome or {}
-    if returncode != 0 or outcome.get("event") != "done":
-        raise FinetuneError(f"fine-tuning failed ({run.failure()}); see {run.output_dir / CONSOLE_FILE}")
-    checkpoint = outcome.get("best") or outcome.get("last")
+    outcome = run.monitor.outcome
+    if returncode != 0 or not isinstance(outcome, DoneEvent):
+        raise FinetuneError(f"fine-tuning failed ({run.failure()}); see {run.folder.console}")
+    checkpoint = outcome.best or outcome.last
     if not checkpoint or not Path(checkpoint).is_file():
-        raise FinetuneError(f"fine-tuning finished but wrote no checkpoint into {run.output_dir}")
-    return FinetuneResult(run.output_dir, False, Path(checkpoint), returncode)
+        raise FinetuneError(f"fine-tuning finished but wrote no checkpoint into {run.folder.root}")
+    return FinetuneResult(run.folder.root, False, Path(checkpoint), returncode)
 
 
 def _new_process_group() -> dict[str, Any]:
