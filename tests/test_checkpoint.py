@@ -217,6 +217,21 @@ def test_file_carrying_pickled_code_is_refused_without_running_it(tmp_path: Path
     assert marker.exists()
 
 
+def test_a_plain_pickle_carrying_code_is_refused_as_code_in_one_line(tmp_path: Path, capfd) -> None:
+    """A protocol-4 pickle (not torch.save's format) was called unreadable, after a torch warning."""
+    import pickle
+
+    marker = tmp_path / "payload-ran"
+    evil, plain = tmp_path / "evil.pt", tmp_path / "plain.pt"
+    evil.write_bytes(pickle.dumps({"payload": _CreatesMarkerWhenUnpickled(marker)}, protocol=4))
+    plain.write_bytes(pickle.dumps({"format": "napari-samlung-checkpoint"}, protocol=4))
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused: it carries pickled code or objects \(\S*open\)"):
+        read_checkpoint(evil)
+    with pytest.raises(CheckpointError, match=r"plain\.pt: not a PyTorch checkpoint \(unreadable pickle data: a plain"):
+        read_checkpoint(plain)
+    assert not marker.exists() and "pickle protocol" not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint\n", os.urandom(4096), b'{"format": 1}'])
 def test_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.pt"

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,17 +69,45 @@ def _safe_load(path: PathLike, mmap: bool = False) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing them itself
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:
-            raise CheckpointError(f"{path}: refused: it holds pickled code or objects ({found.group(1)}) "
+        found = re.search(r"unsupported global:? GLOBAL (\S+)", str(exc), re.IGNORECASE)
+        code = found.group(1) if found else _pickled_code(path)
+        if code:
+            raise CheckpointError(f"{path}: refused: it carries pickled code or objects ({code}) "
                                   "that safe (weights_only) loading does not run") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data: a plain pickle? "
+                              "save checkpoints with torch.save)") from None
     except Exception as exc:  # truncated zip, text file, empty file...: torch raises many kinds
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
                               f"{first_line}") from None
+
+
+def _pickled_code(path: PathLike, limit: int = 1 << 26) -> str | None:
+    """The first global (a function or class) the pickle in ``path`` would load, read without
+    running it; None when it names none or cannot be parsed."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(name) if name else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit)
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                return str(arg).replace(" ", ".")
+            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # truncated or not a pickle at all: nothing to name
+        return None
+    return None
 
 
 def read_checkpoint(path: PathLike, mmap: bool = False) -> dict[str, Any]:
