@@ -2,30 +2,39 @@
 
 1. Opening: time to open a large generated slide (default 50,000 x 50,000 px) through the
    plugin's reader and draw it, against a small one (2,048 px); the ratio should be <= 1.5.
-2. Stalls: while the widget segments a whole slide in its worker (tiny model, CPU by default), a
-   QTimer ticks every 5 ms and the camera pans and zooms every 100 ms, as a person would;
-   the longest gap between ticks is the longest the viewer froze (target < 100 ms). The same
-   is measured with no run going, for comparison.
+2. Stalls: a QTimer ticks every 5 ms on napari's (main) thread; the longest gap between ticks is
+   the longest the viewer froze (target < 100 ms). Measured with no work going (camera panning and
+   zooming every 100 ms, as a person would), then for each action of the widget from its button
+   press until its job has ended and one more second has passed (its layers added and drawn):
+   segment the whole slide (camera still, then panning), review the slide at whole-slide zoom
+   (the draft layer of the whole slide) and apply that review, twice (the first apply adds the
+   reviewed-regions layer, the second updates it), and the three exports. A summary
+   prints the longest stall per action (segment, review, apply, export). For comparison, the same
+   is measured for napari alone adding a labels layer of the draft's size and a shapes layer: what
+   any plugin's review pays on this machine's display.
 
 Run under a display (``xvfb-run -a python benchmarks/ui_latency.py``). Options: ``--size``,
-``--segment-size``, ``--device``, ``--checkpoint`` (default: a fresh tiny model).
+``--segment-size``, ``--device``, ``--checkpoint`` (default: a fresh tiny model), ``--skip-open``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import itertools
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 TICK_MS = 5
 PAN_MS = 100
+SETTLE_S = 1.0  # measured on after a job ends: what its results do to the viewer counts too
+LEAD_S = 0.1  # measured before an action starts, so that a stall in the button press counts
 
 
 def write_large_slide(path: Path, size: int, mpp: float = 0.25, tile: int = 256) -> Path:
@@ -61,7 +70,7 @@ def time_open(viewer, app, path: Path, repeats: int) -> list[float]:
 
 
 class StallMeter:
-    """The gaps between ticks of a fast QTimer, while the camera wanders."""
+    """The gaps between ticks of a fast QTimer, while the camera wanders (``move``) or stays."""
 
     def __init__(self, viewer, move: bool = True):
         from qtpy.QtCore import QTimer
@@ -100,44 +109,40 @@ class StallMeter:
         self._tick.stop()
         self._pan.stop()
 
+    @property
+    def longest_ms(self) -> float:
+        return max(self.gaps, default=0.0) * 1000
+
     def summary(self) -> str:
-        gaps = np.array(self.gaps) * 1000
+        gaps = np.array(self.gaps or [0.0]) * 1000
         return (f"longest gap {gaps.max():.0f} ms, 99th percentile {np.percentile(gaps, 99):.0f} ms, "
                 f"median {np.median(gaps):.1f} ms over {len(gaps)} ticks")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=50_000, help="side of the large slide (px)")
-    parser.add_argument("--small", type=int, default=2048, help="side of the small slide (px)")
-    parser.add_argument("--segment-size", type=int, default=2048, help="side of the slide segmented (px)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--checkpoint", type=Path, help="SAM-Lung checkpoint (default: a fresh tiny model)")
-    parser.add_argument("--sam-weights", type=Path)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dir", type=Path, help="working folder (default: a temporary one)")
-    args = parser.parse_args(argv)
+def pump(app, seconds: float | None = None, until: Callable[[], bool] | None = None) -> None:
+    """Run napari's event loop for ``seconds`` or until ``until()`` holds."""
+    end = time.perf_counter() + (seconds or 1e9)
+    while time.perf_counter() < end and not (until and until()):
+        app.processEvents()
+        time.sleep(0.001)
 
-    import napari
-    import torch
-    from qtpy.QtWidgets import QApplication
 
-    from napari_samlung.model import SamLung, SamLungConfig
-    from napari_samlung.model.checkpoint import save_checkpoint
-    from napari_samlung.synthetic import write_demo_slide
+def measure(app, viewer, widget, press: Callable[[], None], move: bool = False) -> tuple[StallMeter, float]:
+    """Stalls from ``press()`` (a button of the widget) until its job has ended and settled; the
+    action's seconds. The timer ticks before the press, so the press itself counts too."""
+    meter = StallMeter(viewer, move)
+    with meter:
+        pump(app, LEAD_S)
+        start = time.perf_counter()
+        press()
+        pump(app, until=lambda: widget.job is None)
+        seconds = time.perf_counter() - start
+        pump(app, SETTLE_S)
+    return meter, seconds
 
-    work = args.dir or Path(tempfile.mkdtemp(prefix="samlung-ui-"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ["SAMLUNG_CONFIG_DIR"] = str(work / "config")  # leave the real settings alone
-    print(f"torch {torch.__version__}, napari {napari.__version__}, device {args.device}, folder {work}")
 
-    viewer = napari.Viewer(title="ui latency")
-    viewer.window.resize(1400, 900)
-    app = QApplication.instance()
-    app.processEvents()
-
-    # 1. opening a large slide against a small one
+def measure_open(viewer, app, work: Path, args) -> None:
+    """Part 1: opening a large slide against a small one."""
     start = time.perf_counter()
     large = write_large_slide(work / f"large-{args.size}.tif", args.size)
     small = write_large_slide(work / f"small-{args.small}.tif", args.small)
@@ -151,7 +156,15 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {args.repeats}")
     viewer.layers.clear()
 
-    # 2. event-loop stalls with and without a whole-slide segmentation running
+
+def docked_widget(viewer, work: Path, args):
+    """The widget over a freshly generated slide, with a checkpoint (a fresh tiny model by default)."""
+    import torch
+
+    from napari_samlung.model import SamLung, SamLungConfig
+    from napari_samlung.model.checkpoint import save_checkpoint
+    from napari_samlung.synthetic import write_demo_slide
+
     checkpoint = args.checkpoint
     if checkpoint is None:
         torch.manual_seed(0)
@@ -168,29 +181,100 @@ def main(argv: list[str] | None = None) -> int:
     segment.device.setCurrentText(args.device)
     segment.batch_size.setValue(args.batch_size)
     segment.overwrite.setChecked(True)
+    return widget, work / "exports"
 
-    def pump(seconds: float | None = None, until=None) -> None:
-        end = time.perf_counter() + (seconds or 1e9)
-        while time.perf_counter() < end and not (until and until()):
-            app.processEvents()
-            time.sleep(0.001)
+
+def measure_actions(viewer, app, widget, exports: Path, args) -> dict[str, float]:
+    """Part 2: stalls idle and per action; returns the longest stall (ms) of each action."""
+    longest: dict[str, float] = {}
+
+    def record(action: str, label: str, meter: StallMeter, seconds: float) -> None:
+        longest[action] = max(longest.get(action, 0.0), meter.longest_ms)
+        print(f"{label} in {seconds:.1f} s: {meter.summary()}")
 
     idle = StallMeter(viewer)
     with idle:
-        pump(3.0)
+        pump(app, 3.0)
     print(f"idle, panning and zooming: {idle.summary()}")
 
+    segment, review, export = widget.segment, widget.review, widget.export
     segment.full_button.click()  # the first run loads the model; measure the steady ones
-    pump(until=lambda: widget.job is None)
+    pump(app, until=lambda: widget.job is None)
     for move, doing in ((False, "camera still"), (True, "panning and zooming")):
-        busy = StallMeter(viewer, move)
-        with busy:
-            start = time.perf_counter()
-            segment.full_button.click()
-            pump(until=lambda: widget.job is None)
-            seconds = time.perf_counter() - start
-        print(f"segmenting {args.segment_size} px in {seconds:.1f} s, {doing}: {busy.summary()} "
-              "(target: longest gap < 100 ms)")
+        record("segment", f"segmenting {args.segment_size} px, {doing}",
+               *measure(app, viewer, widget, segment.full_button.click, move))
+
+    slide_layer = viewer.layers[0]
+    for round_ in ("first", "second"):  # the first apply adds the reviewed-regions layer
+        viewer.reset_view()  # whole-slide zoom: the review takes the whole slide
+        viewer.layers.selection.active = slide_layer
+        record("review", f"{round_} review of the whole {args.segment_size} px slide (draft layer added)",
+               *measure(app, viewer, widget, review.review_button.click))
+        record("apply", f"apply the {round_} review (draft written into the class map)",
+               *measure(app, viewer, widget, review.apply_button.click))
+
+    exports.mkdir(exist_ok=True)
+    export.training_set.set_text(str(exports / "training-set"))
+    export.geojson.set_text(str(exports / "tumor.geojson"))
+    export.label_tiff.set_text(str(exports / "labels.tif"))
+    for button, what in ((export.set_button, "training set"), (export.geojson_button, "GeoJSON"),
+                         (export.tiff_button, "label TIFF")):
+        viewer.layers.selection.active = slide_layer
+        record("export", f"export the {what}", *measure(app, viewer, widget, button.click))
+    return longest
+
+
+def measure_napari_alone(viewer, app, side: int) -> None:
+    """Stalls of napari itself adding a ``side`` x ``side`` labels layer, then a one-rectangle shapes
+    layer (no plugin code runs)."""
+    labels = np.zeros((side, side), np.uint8)
+    rectangle = [[[0, 0], [0, 99], [99, 99], [99, 0]]]
+    for what, add in ((f"a {side} x {side} labels layer", lambda: viewer.add_labels(labels)),
+                      ("a shapes layer", lambda: viewer.add_shapes(rectangle, shape_type="rectangle"))):
+        meter = StallMeter(viewer, move=False)
+        with meter:
+            pump(app, LEAD_S)
+            add()
+            pump(app, SETTLE_S)
+        print(f"napari alone, adding {what}: {meter.summary()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=50_000, help="side of the large slide (px)")
+    parser.add_argument("--small", type=int, default=2048, help="side of the small slide (px)")
+    parser.add_argument("--segment-size", type=int, default=2048, help="side of the slide segmented (px)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", type=Path, help="SAM-Lung checkpoint (default: a fresh tiny model)")
+    parser.add_argument("--sam-weights", type=Path)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-open", action="store_true", help="measure the stalls only")
+    parser.add_argument("--dir", type=Path, help="working folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="samlung-ui-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["SAMLUNG_CONFIG_DIR"] = str(work / "config")  # leave the real settings alone
+    os.environ["NAPARI_CONFIG"] = str(work / "napari" / "settings.yaml")  # napari's too
+
+    import napari
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    print(f"torch {torch.__version__}, napari {napari.__version__}, device {args.device}, folder {work}")
+    viewer = napari.Viewer(title="ui latency")
+    viewer.window.resize(1400, 900)
+    app = QApplication.instance()
+    app.processEvents()
+
+    if not args.skip_open:
+        measure_open(viewer, app, work, args)
+    widget, exports = docked_widget(viewer, work, args)
+    longest = measure_actions(viewer, app, widget, exports, args)
+    measure_napari_alone(viewer, app, args.segment_size)
+    print("longest main-thread stall per action (target < 100 ms): "
+          + ", ".join(f"{action} {ms:.0f} ms" for action, ms in longest.items()))
     viewer.close()
     return 0
 

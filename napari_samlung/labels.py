@@ -25,7 +25,7 @@ CLASS_COLORS = {
 def class_name(value: int, num_classes: int = 1) -> str:
     """Human name of a label value (``Tumor`` for 1 in the binary setting, ``Class k`` otherwise)."""
     if value == IGNORE:
-        return "Ignore"
+        return "Not reviewed"  # no person has labelled it: ignored in training and scoring
     if num_classes == 1 and value in BINARY_CLASS_NAMES:
         return BINARY_CLASS_NAMES[value]
     return "Background" if value == BACKGROUND else f"Class {value}"

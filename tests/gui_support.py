@@ -22,14 +22,20 @@ JOB_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(autouse=True)
-def isolated_config(tmp_path, monkeypatch):
-    """Settings and the sample-data cache in the test's own folder; napari's messages from this
-    test only."""
+def isolated_config(tmp_path, monkeypatch, request):
+    """Settings, the sample-data cache and the bug log in the test's own folder; napari's messages
+    from this test only; in GUI tests, napari's own settings (the reader preference the plugin sets)
+    kept in memory, never saved."""
     from napari.utils.notifications import notification_manager
 
     monkeypatch.setenv("SAMLUNG_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("SAMLUNG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAMLUNG_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setattr(notification_manager, "records", [])
+    if request.node.get_closest_marker("gui"):
+        from napari.settings._base import EventedConfigFileSettings
+
+        monkeypatch.setattr(EventedConfigFileSettings, "_maybe_save", lambda self: None)
     return tmp_path / "config" / "settings.json"
 
 

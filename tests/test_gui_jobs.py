@@ -1,15 +1,20 @@
-"""Long work in napari thread workers: callback order, user errors, cancel."""
+"""Long work in napari thread workers: callback order, user errors, bugs, cancel."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import numpy as np
 import pytest
+from napari.utils.notifications import notification_manager
 from qtpy.QtWidgets import QApplication
 
 from gui_support import isolated_config, notifications  # noqa: F401  (fixtures)
 from napari_samlung.gui._common import Job
+from napari_samlung.gui.bug_log import log_path
+from napari_samlung.inference.engine import SegmentationError
+from napari_samlung.slide import SlideError
 
 pytestmark = pytest.mark.gui
 
@@ -49,12 +54,48 @@ def test_progress_bar_redraws_cannot_reorder_a_jobs_callbacks(qtbot):
 def test_a_user_error_becomes_one_message_and_no_result(qtbot):
     def work(cancel):
         yield "reading"
-        raise ValueError("slide.svs: truncated\n  file")
+        raise SlideError("slide.svs", "truncated\n  file")
 
     done, ended = [], []
     job = Job(work, description="test", on_done=done.append, on_end=lambda: ended.append(True))
     qtbot.waitUntil(lambda: not job.running, timeout=10_000)
     assert notifications("error") == ["slide.svs: truncated file"]
+    assert done == [] and ended == [True]
+
+
+def test_a_user_error_names_the_widgets_field(qtbot):
+    def work(cancel):
+        yield "planning"
+        raise SegmentationError("must be a multiple of 16, got 100", param="tile_size")
+
+    job = Job(work, description="test", label={"tile_size": "Tile size"}.__getitem__)
+    qtbot.waitUntil(lambda: not job.running, timeout=10_000)
+    assert notifications("error") == ["Tile size: must be a multiple of 16, got 100"]
+    assert not log_path().exists()
+
+
+def _divide(cancel):
+    yield "dividing"
+    return 1 / 0
+
+
+def _reshape(cancel):
+    yield "reshaping"
+    return np.zeros(3).reshape(2, 2)  # numpy's ValueError is a bug, not a user error
+
+
+@pytest.mark.parametrize("work, kind", [(_divide, ZeroDivisionError), (_reshape, ValueError)])
+def test_a_bug_keeps_its_traceback_and_is_logged(qtbot, isolated_config, work, kind):
+    done, ended = [], []
+    job = Job(work, description="test", on_done=done.append, on_end=lambda: ended.append(True))
+    qtbot.waitUntil(lambda: not job.running, timeout=10_000)
+    (notice,) = [n for n in notification_manager.records if str(n.severity) == "error"]
+    assert type(notice.exception) is kind and notice.exception.__traceback__ is not None  # napari shows it
+    log = log_path()
+    assert log.parent == isolated_config.parent.parent / "logs"
+    assert notice.message.startswith(f"unexpected error: {kind.__name__}: ") and f"details in {log}" in notice.message
+    text = log.read_text(encoding="utf-8")
+    assert "Traceback (most recent call last)" in text and f"in {work.__name__}" in text and kind.__name__ in text
     assert done == [] and ended == [True]
 
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import tifffile
+from napari.utils.notifications import notification_manager
 
 from gui_support import (  # noqa: F401  (fixtures)
     demo_slide,
@@ -27,8 +28,11 @@ from gui_support import (  # noqa: F401  (fixtures)
 )
 from napari_samlung.results.drafts import list_drafts
 from napari_samlung.data import SegmentationDataset, discover_training_data, read_export_set
+from napari_samlung.gui._panel import Host, Panel
+from napari_samlung.gui.bug_log import log_path
 from napari_samlung.gui.layers import ROLE
 from napari_samlung.gui.settings import load_settings
+from napari_samlung.inference.engine import SegmentationError
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.results.folders import results_dir
 from napari_samlung.labels import IGNORE, TUMOR
@@ -204,7 +208,7 @@ def test_unapplied_draft_survives_closing_napari_and_is_offered_again(make_napar
 
 def test_cancelled_full_slide_run_resumes_where_it_stopped(make_napari_viewer, qtbot, demo_slide,
                                                            tiny_checkpoint, monkeypatch):
-    from napari_samlung.inference import classmap
+    from napari_samlung.results import classmap
 
     monkeypatch.setattr(classmap, "CHUNK", 256)  # several chunks on this small slide, some done by the cancel
     read_scaled = Slide.read_scaled
@@ -282,10 +286,35 @@ def test_model_settings_are_remembered_by_the_next_widget(make_napari_viewer, ti
     assert widget.segment.project_dir.text() == str(tmp_path / "project")
 
 
+def test_panels_share_choices_through_the_widgets_state(make_napari_viewer, tmp_path):
+    widget = dock(make_napari_viewer())
+    assert isinstance(widget, Host)
+    assert all(isinstance(panel, Panel) for panel in (widget.segment, widget.review, widget.export, widget.finetune))
+    widget.state.checkpoint = str(tmp_path / "new.pt")  # as 'Use the new checkpoint' does
+    assert widget.segment.checkpoint.text() == str(tmp_path / "new.pt")
+    assert load_settings().checkpoint == str(tmp_path / "new.pt")
+    widget.export.training_set.set_text(str(tmp_path / "set"))
+    assert widget.state.training_set_for(tmp_path / "results") == tmp_path / "set"
+
+
+def test_errors_are_worded_with_field_labels_and_bugs_keep_their_traceback(make_napari_viewer):
+    widget = dock(make_napari_viewer())
+    assert widget.field_label("sam_weights") == "SAM weights" and widget.field_label("region") == "region"
+    with widget.user_errors():
+        raise SegmentationError("must be positive, got 0", param="target_mpp")
+    with widget.user_errors():
+        {}["missing"]
+    user, bug = [n for n in notification_manager.records if str(n.severity) == "error"]
+    assert user.message == "Model µm/px: must be positive, got 0"
+    assert isinstance(bug.exception, KeyError) and f"details in {log_path()}" in bug.message
+    assert "KeyError: 'missing'" in log_path().read_text(encoding="utf-8")
+
+
 def test_results_go_to_the_chosen_project_folder(make_napari_viewer, qtbot, demo_slide, tiny_checkpoint,
                                                   tmp_path):
     viewer = make_napari_viewer()
     _, widget = ready_widget(viewer, demo_slide, tiny_checkpoint)
+    (tmp_path / "project").mkdir()  # a chosen folder must exist (a missing one is refused)
     widget.segment.project_dir.set_text(str(tmp_path / "project"))
     view(viewer, 256, 256, 100)
     widget.segment.visible_button.click()

@@ -1,21 +1,30 @@
-"""Pieces the panels share: a path picker, and long jobs in napari thread workers."""
+"""Pieces the panels share: a path picker bound to the widget's state, error reports, long jobs in
+napari thread workers, imports warmed off the main thread, and the slide's resolution kept with its
+results."""
 
 from __future__ import annotations
 
+import importlib
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Generator
 
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error
+from napari.utils.notifications import ErrorNotification, notification_manager, show_error
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
-from napari_samlung.slide import SlideError
+from napari_samlung.errors import user_error
+from napari_samlung.gui.bug_log import log_bug
+from napari_samlung.gui.state import WidgetState
+from napari_samlung.results.classmap import ClassMap
+from napari_samlung.slide import Slide
 
-# Errors a person can fix (a bad file, setting or region): shown as one message, no traceback.
-USER_ERRORS = (ValueError, OSError, SlideError)
+# napari imports these on the main thread when it makes the first labels or shapes layer (pandas for
+# the layer's features: 0.4-1.6 s, the viewer frozen when a run's first labels appear)
+WARM_IMPORTS = ("pandas",)
 
 
 class PathEdit(QWidget):
@@ -46,6 +55,17 @@ class PathEdit(QWidget):
         self.edit.setText(text)
         self.changed.emit(self.text())
 
+    def show_text(self, text: str) -> None:
+        """Show ``text``, a change made elsewhere, without announcing it."""
+        if text != self.text():
+            self.edit.setText(text)
+
+    def bind(self, state: WidgetState, name: str) -> None:
+        """Keep this field and ``state.<name>`` equal, whichever of the two changes."""
+        self.edit.setText(getattr(state, name))
+        self.changed.connect(partial(setattr, state, name))
+        getattr(state.events, name).connect(self.show_text)
+
     def _browse(self) -> None:
         if self.kind == "folder":
             path = QFileDialog.getExistingDirectory(self, directory=self.text())
@@ -57,39 +77,71 @@ class PathEdit(QWidget):
             self.set_text(path)
 
 
+def plain_name(param: str) -> str:
+    """An engine parameter by its own name (where no field of the widget sets it)."""
+    return param
+
+
+def describe(exc: BaseException, label: Callable[[str], str] = plain_name) -> str:
+    """``exc`` in one line for a status: a user error in the widget's words, a bug by its type."""
+    error = user_error(exc)
+    if error is not None:
+        return " ".join(error.worded(label).split())
+    return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def report(exc: BaseException, label: Callable[[str], str] = plain_name) -> None:
+    """Show an error raised by a button's action or a job.
+
+    A user error (:func:`napari_samlung.errors.user_error`) is one line, naming parameters by
+    ``label(param)`` (the widget's field labels). Anything else is a bug: napari's error notification
+    keeps its traceback, the log (:mod:`~napari_samlung.gui.bug_log`) keeps it too, and the
+    notification says where that log is.
+    """
+    if user_error(exc) is not None:
+        show_error(describe(exc, label))  # one line: newlines collapsed
+        return
+    try:
+        where = f"details in {log_bug(exc)}"
+    except OSError as log_error:
+        where = f"the log could not be written: {log_error}"
+    notification = ErrorNotification(exc)
+    notification.message = f"unexpected error: {type(exc).__name__}: {exc} ({where})"
+    notification_manager.dispatch(notification)
+
+
 @dataclass
 class Failed:
-    """A job that stopped on a user error; ``message`` says what to change."""
+    """A job that stopped on an exception; the main thread reports it (:func:`report`)."""
 
-    message: str
-
-
-def user_message(exc: BaseException) -> str:
-    """A user error as one line (its whitespace, newlines included, collapsed to single spaces)."""
-    return " ".join(str(exc).split())
+    error: Exception
 
 
 def _guarded(function: Callable[..., Generator], *args: Any) -> Generator[Any, None, Any]:
     try:
         return (yield from function(*args))
-    except USER_ERRORS as exc:
-        return Failed(user_message(exc))
+    except Exception as exc:  # user error or bug alike: reported on the main thread, traceback kept
+        return Failed(exc)
 
 
 class Job:
     """A generator function run in a napari thread worker, with a napari progress bar.
 
     Yielded objects with ``done``/``total`` move the bar; strings set its description. The
-    generator gets ``cancel`` (a threading.Event) as its last argument. User errors come back as
-    one :func:`show_error` message; anything else is a bug and napari reports it with its traceback.
+    generator gets ``cancel`` (a threading.Event) as its last argument. An exception ends the job
+    without ``on_done`` and is reported by :func:`report` (``label`` words a user error's parameter):
+    a user error as one message, a bug with its traceback, logged; ``on_error`` then gets it (a
+    panel's status says the job failed).
     """
 
     def __init__(self, function: Callable[..., Generator], *args: Any, description: str,
                  on_yield: Callable[[Any], None] | None = None, on_done: Callable[[Any], None] | None = None,
-                 on_end: Callable[[], None] | None = None):
+                 on_end: Callable[[], None] | None = None, label: Callable[[str], str] = plain_name,
+                 on_error: Callable[[Exception], None] | None = None):
         self.cancel_event = threading.Event()
         self.bar = progress(total=0, desc=description)
-        self._on_yield, self._on_done, self._on_end = on_yield, on_done, on_end
+        self._on_yield, self._on_done, self._on_end, self._on_error = on_yield, on_done, on_end, on_error
+        self._label = label
         self.running = True
         self.worker = create_worker(_guarded, function, *args, self.cancel_event, _start_thread=False)
         self.worker.yielded.connect(self._yielded)
@@ -117,7 +169,9 @@ class Job:
 
     def _returned(self, result: Any) -> None:
         if isinstance(result, Failed):
-            show_error(result.message)
+            report(result.error, self._label)
+            if self._on_error is not None:
+                self._on_error(result.error)
         elif self._on_done is not None:
             self._on_done(result)
 
@@ -126,3 +180,29 @@ class Job:
         self.bar.close()
         if self._on_end is not None:
             self._on_end()
+
+
+def warm_imports(names: tuple[str, ...] = WARM_IMPORTS) -> threading.Thread:
+    """Import ``names`` in a background thread now, so that napari finds them loaded when it needs
+    them on the main thread instead of freezing the viewer while it imports them."""
+    def load() -> None:
+        for name in names:
+            importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="samlung-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+def kept_mpp(cm: ClassMap) -> float | None:
+    """The slide's microns per pixel that the user entered, as kept in its results (else None)."""
+    slide = cm.meta.get("slide") or {}
+    return float(slide["mpp"]) if slide.get("mpp_source") == "user" and slide.get("mpp") else None
+
+
+def keep_slide_mpp(cm: ClassMap, slide: Slide) -> None:
+    """Record in the class map the slide's microns per pixel and where it came from, so that a value
+    the user entered comes back when the slide is opened again."""
+    meta = dict(cm.meta.get("slide") or {})
+    if (meta.get("mpp"), meta.get("mpp_source")) != (slide.mpp, slide.mpp_source):
+        cm.update_meta(slide={**meta, "mpp": slide.mpp, "mpp_source": slide.mpp_source})

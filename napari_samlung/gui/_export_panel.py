@@ -1,14 +1,16 @@
 """The "Export" panel: reviewed regions to a training set, the class map to GeoJSON and label TIFF.
 
 Empty paths mean the defaults inside the slide's result folder. Every export runs in a worker
-and is written atomically by the annotations module.
+and is written atomically by the annotations module. The status line says the outcome of the last
+export (done: the file, or failed: why), never an earlier one's file; a new current slide clears it
+and the GeoJSON and label TIFF paths, which name one slide's files.
 """
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Generator
+from typing import TYPE_CHECKING, Callable, ClassVar, Generator, Mapping
 
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
@@ -16,21 +18,26 @@ from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushBut
 from napari_samlung.annotations.geojson import classmap_to_geojson
 from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
 from napari_samlung.annotations.training_set import export_training_set
-from napari_samlung.gui._common import PathEdit
+from napari_samlung.gui._common import PathEdit, describe
 from napari_samlung.gui._viewer import SlideContext, UserError
+from napari_samlung.gui.state import TRAINING_SET
 from napari_samlung.results.classmap import ClassMap
 
 if TYPE_CHECKING:
-    from napari_samlung.gui._widget import SamLungWidget
-
-TRAINING_SET = "training-set"
+    from napari_samlung.gui._panel import Host
 
 
 class ExportPanel(QGroupBox):
-    def __init__(self, host: SamLungWidget):
+    """Output paths (the training set's is shared through the widget's state) and export buttons."""
+
+    FIELDS: ClassVar[Mapping[str, str]] = {"training_set": "Training set", "geojson": "GeoJSON",
+                                           "label_tiff": "Label TIFF"}
+
+    def __init__(self, host: Host):
         super().__init__("Export")
         self.host = host
         self.training_set = PathEdit("folder", placeholder=f"<results>/{TRAINING_SET}")
+        self.training_set.bind(host.state, "training_set")
         self.geojson = PathEdit("save", "GeoJSON (*.geojson)", "<results>/<slide>.geojson")
         self.label_tiff = PathEdit("save", "TIFF (*.tif *.tiff)", "<results>/<slide>-labels.tif")
         self.set_button = QPushButton("Training set")
@@ -44,50 +51,61 @@ class ExportPanel(QGroupBox):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form = QFormLayout(self)
-        form.addRow("Training set", self.training_set)
-        form.addRow("GeoJSON", self.geojson)
-        form.addRow("Label TIFF", self.label_tiff)
+        for param, edit in (("training_set", self.training_set), ("geojson", self.geojson),
+                            ("label_tiff", self.label_tiff)):
+            form.addRow(self.FIELDS[param], edit)
         row = QHBoxLayout()
         for button in (self.set_button, self.geojson_button, self.tiff_button):
             row.addWidget(button)
         form.addRow("Export", row)
         form.addRow(self.status)
 
-    def training_set_path(self, cm: ClassMap) -> Path:
-        return _chosen(self.training_set, cm.root / TRAINING_SET)
+    def slide_changed(self) -> None:
+        """A new current slide: the last export and the per-slide file paths were another slide's."""
+        self._say("")
+        for edit in (self.geojson, self.label_tiff):
+            edit.set_text("")
 
     def export_training_set(self) -> None:
-        with self.host.user_errors():
-            slide, cm = self._source()
-            if not cm.reviewed:
-                raise UserError(f"{slide.name} has no reviewed regions yet: review and apply a region first")
-            self._start("training set", partial(training_set_job, self.host.slide_for(slide)), cm,
-                        self.training_set_path(cm))
+        self._export("training set", "training_set", self._training_set)
 
     def export_geojson(self) -> None:
-        with self.host.user_errors():
-            slide, cm = self._source()
-            self._start("GeoJSON", geojson_job, cm, _chosen(self.geojson, cm.root / f"{slide.name}.geojson"))
+        self._export("GeoJSON", "geojson", lambda slide, cm: (
+            geojson_job, _chosen(self.geojson, cm.root / f"{slide.name}.geojson")))
 
     def export_label_tiff(self) -> None:
-        with self.host.user_errors():
-            slide, cm = self._source()
-            target = _chosen(self.label_tiff, cm.root / f"{slide.name}-labels.tif")
-            self._start("label TIFF", label_tiff_job, cm, target)
+        self._export("label TIFF", "label_tiff", lambda slide, cm: (
+            label_tiff_job, _chosen(self.label_tiff, cm.root / f"{slide.name}-labels.tif")))
 
-    def _source(self) -> tuple[SlideContext, ClassMap]:
-        slide = self.host.current_slide()
-        return slide, self.host.classmap(slide)
+    def _training_set(self, slide: SlideContext, cm: ClassMap) -> tuple[Callable, Path]:
+        if not cm.reviewed:
+            raise UserError(f"{slide.name} has no reviewed regions yet: review and apply a region first")
+        job = partial(training_set_job, self.host.slide_for(slide))
+        return job, self.host.state.training_set_for(cm.root)
 
-    def _start(self, what: str, job: Callable, cm: ClassMap, target: Path) -> None:
-        if not target.parent.is_dir():
-            raise UserError(f"{what}: the folder {target.parent} does not exist")
-        self.host.start_job(job, cm, target, description=f"Exporting the {what}",
-                            on_done=partial(self._exported, what))
+    def _export(self, what: str, field: str,
+                prepare: Callable[[SlideContext, ClassMap], tuple[Callable, Path]]) -> None:
+        """Check what can be checked here, then write ``what`` (its path set in ``field``) in a worker."""
+        with self.host.user_errors(on_error=self._failed):
+            slide = self.host.current_slide()
+            cm = self.host.classmap(slide)
+            job, target = prepare(slide, cm)
+            if not target.parent.is_dir():
+                raise UserError(f"the folder {target.parent} does not exist", param=field)
+            started = self.host.start_job(job, cm, target, description=f"Exporting the {what}",
+                                          on_done=partial(self._exported, what), on_error=self._failed)
+            if started is not None:
+                self._say(f"exporting the {what} to {target}")
 
     def _exported(self, what: str, path: Path) -> None:
-        self.status.setText(f"{what}: {path}")
+        self._say(f"done: {what} written to {path}")
         show_info(f"{what} written to {path}")
+
+    def _failed(self, error: Exception) -> None:
+        self._say("failed: " + describe(error, self.host.field_label))
+
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
 
 
 def _chosen(edit: PathEdit, default: Path) -> Path:

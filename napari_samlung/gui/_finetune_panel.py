@@ -1,31 +1,46 @@
 """The "Fine-tune on corrections" panel: export the reviewed regions, run ``samlung-finetune`` on
-them from the current checkpoint in a separate process, follow it, and offer the new checkpoint."""
+them from the current checkpoint in a separate process, follow it, and offer the new checkpoint.
+
+The summary line is the panel's status: the run's progress while it runs, then its outcome (done:
+the checkpoint, failed: why, cancelled), never "starting" after a failure. A new current slide
+clears it unless a run is going on; the log and the new checkpoint stay (they are the model's).
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSpinBox
 
 from napari_samlung.annotations.training_set import export_training_set
 from napari_samlung.data import read_export_set
-from napari_samlung.training_runs.launcher import FinetuneConfig, FinetuneProgress, FinetuneResult, run_finetune
-from napari_samlung.gui._common import Job
+from napari_samlung.training_runs.launcher import (
+    FinetuneConfig,
+    FinetuneProgress,
+    FinetuneResult,
+    run_finetune,
+)
+from napari_samlung.gui._common import Job, describe
 from napari_samlung.gui._viewer import UserError
 from napari_samlung.gui.model_cache import check_model_files
 from napari_samlung.inference.predictor import resolve_device
 
 if TYPE_CHECKING:
-    from napari_samlung.gui._widget import SamLungWidget
+    from napari_samlung.gui._panel import Host
 
 LOG_LINES = 2000
 
 
 class FinetunePanel(QGroupBox):
-    def __init__(self, host: SamLungWidget):
+    """Training settings, the run's log, and the new checkpoint (offered through the widget's state)."""
+
+    FIELDS: ClassVar[Mapping[str, str]] = {"epochs": "Epochs", "max_steps_per_epoch": "Steps per epoch",
+                                           "batch_size": "Batch size", "nproc": "Processes"}
+
+    def __init__(self, host: Host):
         super().__init__("Fine-tune on corrections")
         self.host = host
         self.job: Job | None = None
@@ -56,10 +71,9 @@ class FinetunePanel(QGroupBox):
         self.log.setMaximumBlockCount(LOG_LINES)
         self.log.setMinimumHeight(80)
         form = QFormLayout(self)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Steps per epoch", self.max_steps)
-        form.addRow("Batch size", self.batch_size)
-        form.addRow("Processes", self.processes)
+        for param, box in (("epochs", self.epochs), ("max_steps_per_epoch", self.max_steps),
+                           ("batch_size", self.batch_size), ("nproc", self.processes)):
+            form.addRow(self.FIELDS[param], box)
         row = QHBoxLayout()
         for button in (self.run_button, self.cancel_button):
             row.addWidget(button)
@@ -72,21 +86,27 @@ class FinetunePanel(QGroupBox):
     def running(self) -> bool:
         return self.job is not None and self.job.running
 
+    def slide_changed(self) -> None:
+        """A new current slide: the last run's outcome was another slide's (a run going on keeps its
+        progress line)."""
+        if not self.running:
+            self.summary.setText("")
+
     def start(self) -> None:
-        host = self.host
-        with host.user_errors():
-            if self.running:
-                raise UserError("fine-tuning is already running: wait for it or press Cancel")
-            segment = host.segment
-            checkpoint, sam_weights = check_model_files(segment.checkpoint.text(), segment.sam_weights.text())
+        host, state = self.host, self.host.state
+        if self.running:  # the summary shows that run's progress: it stays
+            show_warning("fine-tuning is already running: wait for it or press Cancel")
+            return
+        with host.user_errors(on_error=self._failed):
+            checkpoint, sam_weights = check_model_files(state.checkpoint, state.sam_weights)
             slide = host.current_slide()
             cm = host.classmap(slide)
             if not cm.reviewed:
                 raise UserError(f"{slide.name} has no reviewed regions to learn from: "
                                 "review and apply a region first")
-            device = segment.device.currentText()
+            device = state.device
             config = FinetuneConfig(
-                data_paths=[host.export.training_set_path(cm)], init_checkpoint=checkpoint,
+                data_paths=[state.training_set_for(cm.root)], init_checkpoint=checkpoint,
                 output_dir=cm.root / "finetune" / time.strftime("%Y%m%d-%H%M%S"), sam_weights=sam_weights,
                 epochs=self.epochs.value(), max_steps_per_epoch=self.max_steps.value() or None,
                 batch_size=self.batch_size.value(), device=device, nproc=self.processes.value(),
@@ -95,7 +115,8 @@ class FinetunePanel(QGroupBox):
             self.summary.setText("exporting the reviewed regions")
             self.use_button.setEnabled(False)
             self.job = Job(self._run, host.slide_for(slide), cm, config, description="Fine-tuning SAM-Lung",
-                           on_yield=self._progress, on_done=self._done)
+                           on_yield=self._progress, on_done=self._done, label=host.field_label,
+                           on_error=self._failed)
 
     @staticmethod
     def _run(slide, cm, config: FinetuneConfig, cancel):
@@ -118,7 +139,7 @@ class FinetunePanel(QGroupBox):
 
     def _done(self, result: FinetuneResult) -> None:
         if result.cancelled:
-            self.summary.setText("fine-tuning cancelled")
+            self.summary.setText(f"cancelled: no new checkpoint (the run's folder: {result.output_dir})")
             show_warning("fine-tuning cancelled")
             return
         self.new_checkpoint = result.checkpoint
@@ -126,9 +147,12 @@ class FinetunePanel(QGroupBox):
         self.summary.setText(f"done: {result.checkpoint}")
         show_info(f"fine-tuning finished: {result.checkpoint} ('Use the new checkpoint' to segment with it)")
 
+    def _failed(self, error: Exception) -> None:
+        self.summary.setText("failed: " + describe(error, self.host.field_label))
+
     def use_new_checkpoint(self) -> None:
         if self.new_checkpoint is not None:
-            self.host.segment.checkpoint.set_text(str(self.new_checkpoint))
+            self.host.state.checkpoint = str(self.new_checkpoint)
 
     def cancel(self) -> None:
         if self.job is not None:

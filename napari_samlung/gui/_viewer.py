@@ -1,20 +1,29 @@
 """Finding and updating this plugin's layers in a napari viewer (napari only; no Qt widgets).
 
 Layers are tied together by the metadata keys of :mod:`napari_samlung.gui.layers`, so these
-helpers find a slide's class-map, reviewed-regions and draft layers whoever added them.
+helpers find a slide's class-map, reviewed-regions and draft layers whoever added them. They also
+keep the view legible: the scale bar in micrometres, class outlines, and the reviewed-regions
+layer a display that never takes the selection nor offers its move tools.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from napari.layers import Image, Labels, Layer, Shapes
 
 from napari_samlung.errors import SamLungError
 from napari_samlung.geometry import Box, SlideFrame
+from napari_samlung.gui._reader import EXTENSIONS, PLUGIN
 from napari_samlung.gui.layers import (
+    CLASSMAP_OPACITY,
     DRAFT_ID,
+    OUTLINE_OPACITY,
+    OUTLINE_WIDTH,
     RESULTS,
     ROLE,
     SLIDE_PATH,
@@ -76,8 +85,19 @@ def current_slide(viewer) -> SlideContext:
         return slide
     slides = [layer for layer in viewer.layers if is_slide_layer(layer)]
     if not slides:
-        raise UserError("no slide open: open a slide file (svs, ndpi, tif) with File > Open first")
+        raise UserError(_no_slide(viewer))
     return SlideContext.of(slides[-1])
+
+
+def _no_slide(viewer) -> str:
+    """Why no slide is open, and how to open one (also when another reader opened the file)."""
+    elsewhere = next((layer for layer in viewer.layers if isinstance(layer, Image)
+                      and str(layer.source.path or "").lower().endswith(EXTENSIONS)), None)
+    if elsewhere is None:
+        return "no slide open: open a slide file (svs, ndpi, tif) with File > Open first"
+    return (f"no slide open: {elsewhere.name} was read by napari's own reader, which loads it whole and "
+            "without its resolution; open it again with File > Open "
+            f"(or viewer.open(path, plugin='{PLUGIN}'))")
 
 
 def find_layers(viewer, role: str, root: Path | None = None) -> list[Layer]:
@@ -99,6 +119,26 @@ def add(viewer, layer_data: LayerData) -> Layer:
     return viewer.add_layer(Layer.create(*layer_data))
 
 
+def remove(viewer, layer: Layer) -> None:
+    """Remove ``layer`` (if still shown) without freezing the viewer for a full garbage collection.
+
+    napari runs ``gc.collect()`` after removing a layer (for Windows GL drivers), and with torch
+    loaded that scans some 400,000 objects: 0.6-0.8 s on the main thread. Elsewhere the objects alive
+    before are frozen for the removal, so that collection only looks at newer ones; the layer's own
+    cycles go with Python's next automatic collection.
+    """
+    if layer not in viewer.layers:
+        return
+    if sys.platform == "win32" or gc.get_freeze_count():  # napari's fix is for Windows; a freeze is another's
+        viewer.layers.remove(layer)
+        return
+    gc.freeze()
+    try:
+        viewer.layers.remove(layer)
+    finally:
+        gc.unfreeze()
+
+
 def _opened(source: ClassMap | Path) -> ClassMap:
     """``source`` if it is a class map already opened (for reading), else the one in that folder."""
     return source if isinstance(source, ClassMap) else ClassMap.open(source)
@@ -112,7 +152,7 @@ def show_classmap(viewer, slide: SlideContext, source: ClassMap | Path) -> Label
         shapes = [tuple(level.shape) for level in (layer.data if layer.multiscale else [layer.data])]
         if shapes == [tuple(level.shape) for level in cm.levels]:
             return layer
-        viewer.layers.remove(layer)
+        remove(viewer, layer)
     layer = add(viewer, classmap_layer(cm, slide.frame, slide.path, slide.name))
     viewer.layers.selection.active = slide.layer  # keep the slide the one the buttons act on
     return layer
@@ -120,17 +160,62 @@ def show_classmap(viewer, slide: SlideContext, source: ClassMap | Path) -> Label
 
 def show_reviewed(viewer, slide: SlideContext, source: ClassMap | Path) -> Shapes | None:
     """Bring the reviewed-regions layer of ``source`` (an opened class map or its result folder)
-    up to date with the class map's record."""
+    up to date with the class map's record.
+
+    The layer only shows the record: it is never left the active layer, and it is not editable, so
+    napari offers no tools to move or reshape its rectangles.
+    """
     cm = _opened(source)
+    rectangles = reviewed_rectangles(cm, slide.frame)
     layers = find_layers(viewer, "reviewed", cm.root)
     if layers:
         layer = layers[0]
-        layer.data = reviewed_rectangles(cm, slide.frame)
-        layer.shape_type = "rectangle"
-        return layer
-    if not cm.reviewed:
+        if [np.asarray(corners).tolist() for corners in layer.data] != rectangles:
+            layer.data = rectangles  # redrawn only when changed: napari takes 0.1-0.3 s for it
+            layer.shape_type = "rectangle"
+    elif rectangles:
+        layer = add(viewer, reviewed_layer(cm, slide.frame, slide.path, slide.name))
+    else:
         return None
-    return add(viewer, reviewed_layer(cm, slide.frame, slide.path, slide.name))
+    _display_only(layer)
+    if viewer.layers.selection.active == layer:  # napari selects what it adds (== : plugins get proxies)
+        viewer.layers.selection.active = slide.layer
+    return layer
+
+
+def _display_only(layer: Shapes) -> None:
+    """No move, select or draw tools for ``layer``; napari makes a shapes layer editable again when
+    its data or the view changes, so it is locked again each time."""
+    layer.mode = "pan_zoom"
+    layer.editable = False
+    layer.events.editable.connect(_stay_display_only)  # napari connects a callback once
+
+
+def _stay_display_only(event) -> None:
+    if event.source.editable:
+        event.source.editable = False
+
+
+def outline(layer: Labels, on: bool) -> None:
+    """Show a class-map layer as class outlines (which read on H&E) or as filled classes."""
+    layer.contour = OUTLINE_WIDTH if on else 0
+    layer.opacity = OUTLINE_OPACITY if on else CLASSMAP_OPACITY
+
+
+def show_scale_bar(viewer, slide: SlideContext) -> None:
+    """Show napari's scale bar when the slide is placed in micrometres (its µm/px known); napari takes
+    the bar's unit from the layers, so it reads in µm."""
+    if slide.frame.units:
+        viewer.canvas.overlays.scale_bar.visible = True
+
+
+def frame_rectangle(viewer, corners: list[list[float]]) -> None:
+    """Point the 2-D camera at a world rectangle, with a margin around it."""
+    ys, xs = [c[0] for c in corners], [c[1] for c in corners]
+    camera = viewer.scene.camera
+    camera.center = ((min(ys) + max(ys)) / 2, (min(xs) + max(xs)) / 2)
+    canvas_h, canvas_w = viewer.canvas.size
+    camera.zoom = 0.8 * min(canvas_h / max(max(ys) - min(ys), 1e-9), canvas_w / max(max(xs) - min(xs), 1e-9))
 
 
 def visible_box(viewer, slide: SlideContext) -> Box:

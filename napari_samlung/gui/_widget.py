@@ -1,37 +1,45 @@
 """The SAM-Lung dock widget: segment, review, export and fine-tune, for the slides in the viewer.
 
-The widget holds the state of one viewer's session (settings, loaded models, opened slides, the
-running job); the panels hold their controls. Long work runs in napari thread workers
+The widget holds the state of one viewer's session (the shared choices, loaded models, opened
+slides, the running job); the panels hold their controls and reach the widget through the contract
+of :mod:`~napari_samlung.gui._panel`. Long work runs in napari thread workers
 (:class:`~napari_samlung.gui._common.Job`); layers are only touched here, on the main thread.
+The modules napari would import on the main thread for the first labels layer are imported in the
+background when the widget starts (:func:`~napari_samlung.gui._common.warm_imports`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_samlung.results.drafts import list_drafts
-from napari_samlung.gui._common import USER_ERRORS, Job, user_message
+from napari_samlung.gui._common import Job, keep_slide_mpp, kept_mpp, report, warm_imports
 from napari_samlung.gui._export_panel import ExportPanel
 from napari_samlung.gui._finetune_panel import FinetunePanel
+from napari_samlung.gui._reader import prefer_this_reader
 from napari_samlung.gui._review_panel import ReviewPanel
 from napari_samlung.gui._segment_panel import SegmentPanel
 from napari_samlung.gui._viewer import (
     SlideContext,
+    UserError,
     current_slide,
     find_layers,
     is_slide_layer,
     show_classmap,
     show_reviewed,
+    show_scale_bar,
 )
 from napari_samlung.gui.model_cache import PredictorCache
-from napari_samlung.gui.settings import load_settings, save_settings
+from napari_samlung.gui.settings import WidgetSettings, load_settings, save_settings
+from napari_samlung.gui.state import WidgetState
 from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.drafts import list_drafts
 from napari_samlung.results.folders import find_results, results_dir
 from napari_samlung.slide import Slide, open_slide
 
@@ -47,10 +55,13 @@ class SamLungWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.settings = load_settings()
+        prefer_this_reader()  # File > Open of a slide picks this plugin from now on, without asking
+        self.state = WidgetState.from_settings(load_settings())
         self.models = PredictorCache()
         self.job: Job | None = None
         self._slides: dict[Path, Slide] = {}
+        self._mpp: dict[Path, float | None] = {}  # microns per pixel the user entered, by slide file
+        self._current: Path | None = None  # the slide the buttons act on, as the panels last heard
         self._stale: set[Path] = set()  # result folders written since the last redraw
         self._refresh = QTimer(self)
         self._refresh.setSingleShot(True)
@@ -61,40 +72,59 @@ class SamLungWidget(QWidget):
         self.review = ReviewPanel(self)
         self.export = ExportPanel(self)
         self.finetune = FinetunePanel(self)
+        self.panels = (self.segment, self.review, self.export, self.finetune)
+        self._labels = {param: label for panel in self.panels for param, label in panel.FIELDS.items()}
         layout = QVBoxLayout(self)
-        for panel in (self.segment, self.review, self.export, self.finetune):
+        for panel in self.panels:
             layout.addWidget(panel)
         layout.addStretch(1)
+        for field in dataclasses.fields(WidgetSettings):
+            getattr(self.state.events, field.name).connect(self.save_settings)
 
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._on_removed)
+        self.viewer.layers.selection.events.active.connect(self._check_slide)
         cancel_all = self.cancel_all
         self.destroyed.connect(lambda *_: cancel_all())  # the viewer closed: stop jobs and fine-tuning
         for layer in list(self.viewer.layers):
             if is_slide_layer(layer):
                 self.attach(layer)
+        self._current = self._current_path()
+        self._tell_panels()
+        warm_imports()
 
     # -- settings, errors, jobs -----------------------------------------------------------------
     def save_settings(self) -> None:
+        """Remember the choices of :class:`WidgetSettings` for the next napari session."""
         with self.user_errors():
-            save_settings(self.settings)
+            save_settings(self.state.settings())
+
+    def field_label(self, param: str) -> str:
+        """The label of the field that sets the engine parameter ``param`` (else its own name)."""
+        return self._labels.get(param, param)
 
     @contextlib.contextmanager
-    def user_errors(self) -> Iterator[None]:
-        """Show a user error as one message and go on (nothing was changed)."""
+    def user_errors(self, on_error: Callable[[Exception], None] | None = None) -> Iterator[None]:
+        """Report an error raised inside (:func:`~napari_samlung.gui._common.report`: a user error as
+        one line in the widget's words, a bug with its traceback, logged), give it to ``on_error``
+        (a panel's status), and go on."""
         try:
             yield
-        except USER_ERRORS as exc:
-            show_error(user_message(exc))
+        except Exception as exc:
+            report(exc, self.field_label)
+            if on_error is not None:
+                on_error(exc)
 
-    def start_job(self, function: Callable, *args: Any, description: str, on_yield=None,
-                  on_done=None) -> Job | None:
+    def start_job(self, function: Callable, *args: Any, description: str,
+                  on_yield: Callable[[Any], None] | None = None,
+                  on_done: Callable[[Any], None] | None = None,
+                  on_error: Callable[[Exception], None] | None = None) -> Job | None:
         """Run one segment/review/export job at a time; a second one is refused with a message."""
         if self.job is not None and self.job.running:
             show_warning("another SAM-Lung job is running: wait for it or press Cancel")
             return None
         self.job = Job(function, *args, description=description, on_yield=on_yield, on_done=on_done,
-                       on_end=self._job_ended)
+                       on_end=self._job_ended, label=self.field_label, on_error=on_error)
         return self.job
 
     def _job_ended(self) -> None:
@@ -108,26 +138,49 @@ class SamLungWidget(QWidget):
         self.cancel_job()
         self.finetune.cancel()
 
+    def _busy(self) -> bool:
+        """Whether a job or fine-tuning may be reading the opened slides."""
+        return (self.job is not None and self.job.running) or self.finetune.running
+
     # -- slides and their results ---------------------------------------------------------------
     def current_slide(self) -> SlideContext:
         return current_slide(self.viewer)
 
     def slide_for(self, slide: SlideContext) -> Slide:
-        """The slide opened for reading tiles (one per file, shared by the jobs)."""
-        if slide.path not in self._slides:
-            self._slides[slide.path] = open_slide(slide.path)
-        return self._slides[slide.path]
+        """The slide opened for reading tiles (one per file, shared by the jobs), with the microns
+        per pixel the user entered for it (in this session, else as kept in its results)."""
+        path = slide.path
+        if path not in self._mpp:
+            root = find_results(path, self.state.project_dir or None)
+            self._mpp[path] = kept_mpp(ClassMap.open(root)) if root is not None else None
+        mpp, opened = self._mpp[path], self._slides.get(path)
+        if opened is None or (opened.mpp_source == "user") != (mpp is not None) or (mpp and opened.mpp != mpp):
+            if opened is not None and not self._busy():
+                opened.close()
+            self._slides[path] = open_slide(path, mpp=mpp)
+        return self._slides[path]
+
+    def set_slide_mpp(self, slide: SlideContext, mpp: float | None) -> None:
+        """Use ``mpp`` as the slide's microns per pixel (None: the file's); the slide is opened again
+        with it, and its results (if any) keep it."""
+        if self._busy():
+            raise UserError("wait for the running job to end (or cancel it) before changing {opt:mpp}")
+        self._mpp[slide.path] = mpp
+        opened = self.slide_for(slide)
+        root = find_results(slide.path, self.state.project_dir or None)
+        if root is not None:
+            keep_slide_mpp(ClassMap.open(root, mode="r+"), opened)
 
     def results_root(self, slide: SlideContext) -> Path:
         """Where the slide's results are (or go): its existing results, else the results folder
         chosen in the widget, else beside the slide."""
-        project = self.settings.project_dir or None
+        project = self.state.project_dir or None
         return find_results(slide.path, project) or results_dir(slide.path, project)
 
     def classmap(self, slide: SlideContext, writable: bool = False) -> ClassMap:
         root = self.results_root(slide)
         if not ClassMap.exists(root):
-            raise ValueError(f"{slide.name} has no segmentation yet (looked in {root}): segment it first")
+            raise UserError(f"{slide.name} has no segmentation yet (looked in {root}): segment it first")
         return ClassMap.open(root, mode="r+" if writable else "r")
 
     def results_written(self, slide: SlideContext, root: Path, now: bool = False) -> None:
@@ -151,7 +204,7 @@ class SamLungWidget(QWidget):
     def attach(self, layer) -> None:
         """Show the saved results of a slide layer and offer its unapplied review drafts."""
         slide = SlideContext.of(layer)
-        root = find_results(slide.path, self.settings.project_dir or None)
+        root = find_results(slide.path, self.state.project_dir or None)
         if root is None:
             return
         with self.user_errors():
@@ -164,20 +217,40 @@ class SamLungWidget(QWidget):
                 show_info(f"{slide.name}: {len(drafts)} review draft(s) not applied yet; "
                           "'Resume drafts' opens them again")
 
+    def _current_path(self) -> Path | None:
+        try:
+            return self.current_slide().path
+        except UserError:
+            return None
+
+    def _check_slide(self, *_) -> None:
+        """Tell the panels when the slide the buttons act on has changed (or none is open now), and
+        show the scale bar in µm for a slide placed in micrometres."""
+        path = self._current_path()
+        if path != self._current:
+            self._current = path
+            if path is not None:
+                show_scale_bar(self.viewer, self.current_slide())
+            self._tell_panels()
+
+    def _tell_panels(self) -> None:
+        for panel in self.panels:
+            panel.slide_changed()
+
     def _on_inserted(self, event) -> None:
         layer = event.value
+        self._check_slide()
         if is_slide_layer(layer):
             # later, so that layers added with it (results from the reader) are in the viewer
             QTimer.singleShot(0, lambda: self.attach(layer) if layer in self.viewer.layers else None)
 
     def _on_removed(self, event) -> None:
         layer = event.value
+        self._check_slide()
         if not is_slide_layer(layer):
             return
         path = Path(layer.metadata["samlung_slide"])
         still_shown = any(is_slide_layer(other) and Path(other.metadata["samlung_slide"]) == path
                           for other in self.viewer.layers)
-        busy = (self.job is not None and self.job.running) or self.finetune.running
-        if not still_shown and path in self._slides and not busy:
+        if not still_shown and path in self._slides and not self._busy():
             self._slides.pop(path).close()
-

@@ -18,6 +18,7 @@ from napari_samlung.annotations.geojson import (
     classmap_to_geojson,
     labels_to_features,
 )
+from napari_samlung.annotations.errors import ExportError
 from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
 from napari_samlung.files import write_json_atomic
 from napari_samlung.gui.layers import DRAFT_BOX, RESULTS, ROLE
@@ -49,12 +50,12 @@ def write_label_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[s
         return [str(classmap_to_label_tiff(_classmap_of(attributes), path))]
     labels = data[0] if attributes.get("multiscale") else data
     if labels.ndim != 2:
-        raise ValueError(f"{path}: only 2-D labels can be written as a label TIFF, "
-                         f"the layer has {labels.ndim} dimensions")
+        raise ExportError(f"{path}: only 2-D labels can be written as a label TIFF, "
+                          f"the layer has {labels.ndim} dimensions")
     if labels.dtype not in (np.uint8, np.uint16):
         labels = np.asarray(labels)
         if labels.min(initial=0) < 0 or labels.max(initial=0) > np.iinfo(np.uint16).max:
-            raise ValueError(f"{path}: label values must lie in 0..65535 for a label TIFF")
+            raise ExportError(f"{path}: label values must lie in 0..65535 for a label TIFF")
         labels = labels.astype(np.uint16)
     return [str(write_pyramidal_tiff(Path(path), labels, mpp=_mpp(attributes), compression="zlib",
                                      kind="labels"))]
@@ -70,12 +71,12 @@ def write_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]
     levels = list(data) if attributes.get("multiscale") else [data]
     k = next((i for i, level in enumerate(levels) if max(level.shape) <= MAX_TRACE_SIZE), None)
     if k is None:
-        raise ValueError(f"{path}: the layer is larger than {MAX_TRACE_SIZE} px per side "
-                         "and has no smaller level")
+        raise ExportError(f"{path}: the layer is larger than {MAX_TRACE_SIZE} px per side "
+                          "and has no smaller level")
     labels = np.asarray(levels[k])
     if labels.ndim != 2:
-        raise ValueError(f"{path}: only 2-D labels can be written as GeoJSON, "
-                         f"the layer has {labels.ndim} dimensions")
+        raise ExportError(f"{path}: only 2-D labels can be written as GeoJSON, "
+                          f"the layer has {labels.ndim} dimensions")
     origin, pixel = (0.0, 0.0), levels[0].shape[0] / labels.shape[0]
     if cm is not None:  # a review draft: place it in level-0 slide pixels
         y, x = metadata[DRAFT_BOX][:2]

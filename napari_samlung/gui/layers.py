@@ -15,7 +15,7 @@ from typing import Any
 from napari_samlung.results.drafts import Draft
 from napari_samlung.geometry import SlideFrame
 from napari_samlung.results.classmap import ClassMap
-from napari_samlung.labels import BACKGROUND, IGNORE, class_color
+from napari_samlung.labels import BACKGROUND, IGNORE, class_color, class_name
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -28,6 +28,9 @@ DRAFT_BOX = "samlung_box"  # a draft's (y, x, h, w) in class-map pixels
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 IGNORE_COLOR = (0.5, 0.5, 0.5, 0.6)
 REVIEWED_EDGE = "yellow"
+CLASSMAP_OPACITY = 0.5  # filled: the tissue shows through
+OUTLINE_OPACITY = 1.0  # outlined: thin lines must be opaque to read on pink and purple H&E
+OUTLINE_WIDTH = 3  # pixels of the level napari shows, so about the same on screen at every zoom
 
 
 def slide_frame(slide) -> SlideFrame:
@@ -64,6 +67,16 @@ def label_colors(num_classes: int) -> dict[int | None, tuple[float, ...]]:
     return colors
 
 
+def class_features(cm: ClassMap) -> dict[str, list]:
+    """The class name of each label value as a labels-layer features table: napari's status bar then
+    names the class under the cursor ("class: Tumor")."""
+    names = {value: class_name(value, cm.num_classes) for value in range(cm.num_classes + 1)}
+    names.update({int(value): name for value, name in cm.meta.get("class_names", {}).items()})
+    names[IGNORE] = class_name(IGNORE)
+    values = sorted(names)
+    return {"index": values, "class": [names[value] for value in values]}
+
+
 def _placed(frame: SlideFrame, scale: float, offset: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     layer_scale, translate = frame.grid_placement(scale, offset)
     placed: dict[str, Any] = {"scale": layer_scale, "translate": translate}
@@ -82,7 +95,8 @@ def classmap_layer(cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLik
         "name": f"{name} segmentation",
         "multiscale": len(cm.levels) > 1,
         "colormap": label_colors(cm.num_classes),
-        "opacity": 0.5,
+        "features": class_features(cm),
+        "opacity": CLASSMAP_OPACITY,
         "metadata": _tags(cm, slide_path, "classmap"),
         **_placed(frame, cm.scale),
     }
@@ -117,6 +131,7 @@ def draft_layer(draft: Draft, frame: SlideFrame, slide_path: str | os.PathLike, 
     kwargs = {
         "name": f"{name} review {draft.id}",
         "colormap": label_colors(cm.num_classes),
+        "features": class_features(cm),
         "opacity": 0.7,
         "metadata": metadata,
         **_placed(frame, cm.scale, draft.box[:2]),
