@@ -70,6 +70,7 @@ def test_real_svs_segments_visible_region_and_whole_slide_at_a_chosen_resolution
         make_napari_viewer, qtbot, real_svs, tiny_checkpoint, tmp_path):
     viewer = make_napari_viewer()
     _, widget = ready_widget(viewer, real_svs, tiny_checkpoint)
+    (tmp_path / "project").mkdir()  # a chosen results folder must exist
     widget.segment.project_dir.set_text(str(tmp_path / "project"))  # the fixture folder stays untouched
     widget.segment.target_mpp.setValue(2.0)  # coarser than the checkpoint's 0.5: ~4 slide pixels per class pixel
     view(viewer, 700, 550, 300)

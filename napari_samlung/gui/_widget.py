@@ -89,8 +89,7 @@ class SamLungWidget(QWidget):
         for layer in list(self.viewer.layers):
             if is_slide_layer(layer):
                 self.attach(layer)
-        self._current = self._current_path()
-        self._tell_panels()
+        self._slide_changed(self._current_path())
         warm_imports()
 
     # -- settings, errors, jobs -----------------------------------------------------------------
@@ -228,12 +227,12 @@ class SamLungWidget(QWidget):
         show the scale bar in µm for a slide placed in micrometres."""
         path = self._current_path()
         if path != self._current:
-            self._current = path
-            if path is not None:
-                show_scale_bar(self.viewer, self.current_slide())
-            self._tell_panels()
+            self._slide_changed(path)
 
-    def _tell_panels(self) -> None:
+    def _slide_changed(self, path: Path | None) -> None:
+        self._current = path
+        if path is not None:
+            show_scale_bar(self.viewer, self.current_slide())
         for panel in self.panels:
             panel.slide_changed()
 
