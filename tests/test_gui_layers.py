@@ -79,7 +79,7 @@ def classmap(tmp_path) -> ClassMap:
 def test_classmap_layer_is_a_placed_multiscale_labels_layer_of_the_files_on_disk(classmap, tmp_path):
     data, kwargs, kind = classmap_layer(classmap, MICRONS, tmp_path / "case.svs", "case")
     assert kind == "labels" and kwargs["multiscale"] and len(data) == len(classmap.levels) == 3
-    assert data[0] is classmap.levels[0]  # the zarr arrays themselves: napari reads only what it draws
+    assert data[0].array is classmap.levels[0]  # the zarr arrays, wrapped: napari reads only what it draws
     # class-map pixel (0, 0) covers level-0 [0, 2): its centre, level-0 (1, 1), is at world 0.25 µm
     assert kwargs["scale"] == (1.0, 1.0) and kwargs["translate"] == pytest.approx((0.25, 0.25))
     assert kwargs["units"] == ("um", "um")

@@ -320,3 +320,16 @@ def test_removing_a_draft_layer_spares_the_viewer_a_full_garbage_collection(make
     assert not layers_of(viewer, "draft")
     assert frozen and all(count > 10_000 for count in frozen)  # napari's collection saw only new objects
     assert gc.get_freeze_count() == 0
+
+
+def test_opening_a_slide_whose_class_map_is_damaged_says_so_in_one_line(make_napari_viewer, qtbot, demo_slide):
+    cm = segmented(demo_slide)
+    damaged = cm.chunk_path(0, 0, 0)
+    damaged.write_bytes(b"garbage")
+    viewer = make_napari_viewer()
+    dock(viewer)
+    open_slide_layer(viewer, demo_slide)
+    qtbot.waitUntil(lambda: bool(notifications("warning")), timeout=10_000)
+    (warning,) = [w for w in notifications("warning") if "damaged" in w]
+    assert "1 damaged or missing class-map chunk(s)" in warning and "0/c/0/0" in warning
+    assert "\n" not in warning

@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
@@ -63,6 +64,7 @@ class SamLungWidget(QWidget):
         self._mpp: dict[Path, float | None] = {}  # microns per pixel the user entered, by slide file
         self._current: Path | None = None  # the slide the buttons act on, as the panels last heard
         self._stale: set[Path] = set()  # result folders written since the last redraw
+        self._checks: set = set()  # running checks of class-map chunks
         self._refresh = QTimer(self)
         self._refresh.setSingleShot(True)
         self._refresh.setInterval(REFRESH_MS)
@@ -210,11 +212,26 @@ class SamLungWidget(QWidget):
             cm = ClassMap.open(root)
             show_classmap(self.viewer, slide, cm)
             show_reviewed(self.viewer, slide, cm)
+            self._check_chunks(slide, cm)
             drafts = list_drafts(cm)
             self.review.offer_drafts(drafts)
             if drafts:
                 show_info(f"{slide.name}: {len(drafts)} review draft(s) not applied yet; "
                           "'Resume drafts' opens them again")
+
+    def _check_chunks(self, slide: SlideContext, cm: ClassMap) -> None:
+        """Compare the class map's chunk files with their checksums in a worker (it reads every
+        file) and say in one line when some are damaged or missing."""
+        def report_damage(damaged: list) -> None:
+            if damaged:
+                show_warning(f"{slide.name}: {len(damaged)} damaged or missing class-map chunk(s) "
+                             f"({cm.damage_summary(damaged)}); segment the slide again to repair them")
+
+        worker = create_worker(cm.damaged_chunks, _start_thread=False)
+        worker.returned.connect(report_damage)
+        worker.finished.connect(lambda: self._checks.discard(worker))
+        self._checks.add(worker)  # a worker nobody holds may be collected before it reports
+        worker.start()
 
     def _current_path(self) -> Path | None:
         try:

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_samlung.results.drafts import Draft
 from napari_samlung.geometry import SlideFrame
 from napari_samlung.results.classmap import ClassMap
@@ -89,6 +91,28 @@ def _tags(cm: ClassMap, slide_path: str | os.PathLike, role: str) -> dict[str, A
     return {ROLE: role, SLIDE_PATH: str(Path(slide_path).resolve()), RESULTS: str(Path(cm.root).resolve())}
 
 
+class ShownLevel:
+    """A class-map level as napari reads it for drawing. A chunk that cannot be decoded would raise
+    inside napari's drawing, again at every redraw; here the part asked for shows as not reviewed
+    (grey), and the widget names the damaged chunk in one line (it checks the checksums when the
+    results open)."""
+
+    def __init__(self, array) -> None:
+        self.array = array
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except Exception:  # the codec's error for a damaged chunk file
+            shape = np.lib.stride_tricks.as_strided(np.zeros(1, bool), self.shape, (0,) * self.ndim)[key].shape
+            return np.full(shape, IGNORE, self.dtype)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+
 def classmap_layer(cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLike, name: str) -> LayerData:
     """The on-disk class map as a (read-only) multiscale labels layer over the slide."""
     kwargs = {
@@ -100,7 +124,8 @@ def classmap_layer(cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLik
         "metadata": _tags(cm, slide_path, "classmap"),
         **_placed(frame, cm.scale),
     }
-    return (list(cm.levels) if kwargs["multiscale"] else cm.levels[0]), kwargs, "labels"
+    levels = [ShownLevel(level) for level in cm.levels]
+    return (levels if kwargs["multiscale"] else levels[0]), kwargs, "labels"
 
 
 def reviewed_rectangles(cm: ClassMap, frame: SlideFrame) -> list[list[list[float]]]:

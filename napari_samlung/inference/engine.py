@@ -244,11 +244,6 @@ def count_tiles(slide, plan: Plan, params: SegmentationParams, root: str | os.Pa
     return PlanSummary(plan, _count(kinds))
 
 
-def _chunk_names(cm: ClassMap, damaged: list[tuple[int, int, int, str]], most: int = 3) -> str:
-    names = [f"{cm.chunk_path(level, cy, cx).relative_to(cm.root)}: {problem}" for level, cy, cx, problem in damaged]
-    return "; ".join(names[:most]) + (f"; {len(names) - most} more" if len(names) > most else "")
-
-
 def _log_all_but(log_path: Path, cm: ClassMap, box: Box, bad: set) -> None:
     """A progress log that names every chunk of ``box`` but ``bad`` as finished, for both passes."""
     keys = [k for k in cm.chunks_in(box) if k not in bad]
@@ -349,7 +344,7 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
             if previous != key:
                 raise SegmentationError(
                     f"{root}: {len(damaged)} chunk(s) of the complete class map are damaged or missing "
-                    f"({_chunk_names(cm, damaged)}); segment it with the settings that made it to repair them, "
+                    f"({cm.damage_summary(damaged)}); segment it with the settings that made it to repair them, "
                     "or use {opt:overwrite}")
             _log_all_but(log_path, cm, plan.box, bad)  # the repair resumes from every intact chunk
         if cm.status == "incomplete" and previous not in (None, key) and not overwrite:
@@ -374,7 +369,7 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
     if resuming and damaged:
         done -= bad
         rows = min([rows] + [cm.chunk_box(*k)[0] for k in bad])
-        plan.notes.append(f"{len(damaged)} damaged or missing chunk(s) found ({_chunk_names(cm, damaged)}); "
+        plan.notes.append(f"{len(damaged)} damaged or missing chunk(s) found ({cm.damage_summary(damaged)}); "
                           "they are segmented again")
 
     def protect() -> list[Box]:

@@ -359,6 +359,12 @@ class ClassMap:
                 damaged.append((level, cy, cx, "changed or damaged"))
         return damaged
 
+    def damage_summary(self, damaged: list[tuple[int, int, int, str]], most: int = 3) -> str:
+        """``damaged`` (from :meth:`damaged_chunks`) as a few words: the first chunk files and problems."""
+        names = [f"{self.chunk_path(level, cy, cx).relative_to(self.root)}: {problem}"
+                 for level, cy, cx, problem in damaged]
+        return "; ".join(names[:most]) + (f"; {len(names) - most} more" if len(names) > most else "")
+
     def _plain_zstd(self, level: int) -> bool:
         """Whether the level is stored as this module creates it (so chunks can be written directly)."""
         meta = self.levels[level].metadata
