@@ -19,8 +19,6 @@ from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWi
 from napari_samlung.errors import user_error
 from napari_samlung.gui.bug_log import log_bug
 from napari_samlung.gui.state import WidgetState
-from napari_samlung.results.classmap import ClassMap
-from napari_samlung.slide import Slide
 
 # napari imports these on the main thread when it makes the first labels or shapes layer (pandas for
 # the layer's features: 0.4-1.6 s, the viewer frozen when a run's first labels appear)
@@ -192,17 +190,3 @@ def warm_imports(names: tuple[str, ...] = WARM_IMPORTS) -> threading.Thread:
     thread = threading.Thread(target=load, name="samlung-warm-imports", daemon=True)
     thread.start()
     return thread
-
-
-def kept_mpp(cm: ClassMap) -> float | None:
-    """The slide's microns per pixel that the user entered, as kept in its results (else None)."""
-    slide = cm.meta.get("slide") or {}
-    return float(slide["mpp"]) if slide.get("mpp_source") == "user" and slide.get("mpp") else None
-
-
-def keep_slide_mpp(cm: ClassMap, slide: Slide) -> None:
-    """Record in the class map the slide's microns per pixel and where it came from, so that a value
-    the user entered comes back when the slide is opened again."""
-    meta = dict(cm.meta.get("slide") or {})
-    if (meta.get("mpp"), meta.get("mpp_source")) != (slide.mpp, slide.mpp_source):
-        cm.update_meta(slide={**meta, "mpp": slide.mpp, "mpp_source": slide.mpp_source})

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from napari_samlung.errors import SamLungError, word
 from napari_samlung.geometry import Box, grow, intersect
-from napari_samlung.gui._common import PathEdit, describe, keep_slide_mpp
+from napari_samlung.gui._common import PathEdit, describe
 from napari_samlung.gui._viewer import SlideContext, UserError, visible_box
 from napari_samlung.gui.model_cache import check_model_files
 from napari_samlung.inference.engine import (
@@ -323,7 +323,7 @@ class SegmentPanel(QGroupBox):
                                              overwrite=run.overwrite, cancel=cancel)
         except AlreadyComplete:
             return Outcome(run, skipped="complete")
-        keep_slide_mpp(ClassMap.open(run.root, mode="r+"), run.slide)  # where its µm/px came from, kept
+        ClassMap.open(run.root, mode="r+").record_slide_mpp(run.slide.mpp, run.slide.mpp_source)
         return Outcome(run, result)
 
     # -- the main thread's side of a run ----------------------------------------------------------

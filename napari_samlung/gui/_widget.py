@@ -20,7 +20,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_samlung.gui._common import Job, keep_slide_mpp, kept_mpp, report, warm_imports
+from napari_samlung.gui._common import Job, report, warm_imports
 from napari_samlung.gui._export_panel import ExportPanel
 from napari_samlung.gui._finetune_panel import FinetunePanel
 from napari_samlung.gui._reader import prefer_this_reader
@@ -153,7 +153,7 @@ class SamLungWidget(QWidget):
         path = slide.path
         if path not in self._mpp:
             root = find_results(path, self.state.project_dir or None)
-            self._mpp[path] = kept_mpp(ClassMap.open(root)) if root is not None else None
+            self._mpp[path] = ClassMap.open(root).user_mpp if root is not None else None
         mpp, opened = self._mpp[path], self._slides.get(path)
         if opened is None or (opened.mpp_source == "user") != (mpp is not None) or (mpp and opened.mpp != mpp):
             if opened is not None and not self._busy():
@@ -170,7 +170,7 @@ class SamLungWidget(QWidget):
         opened = self.slide_for(slide)
         root = find_results(slide.path, self.state.project_dir or None)
         if root is not None:
-            keep_slide_mpp(ClassMap.open(root, mode="r+"), opened)
+            ClassMap.open(root, mode="r+").record_slide_mpp(opened.mpp, opened.mpp_source)
 
     def results_root(self, slide: SlideContext) -> Path:
         """Where the slide's results are (or go): its existing results, else the results folder

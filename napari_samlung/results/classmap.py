@@ -208,6 +208,19 @@ class ClassMap:
         return None if slide_mpp is None else float(slide_mpp) * self.scale
 
     @property
+    def user_mpp(self) -> float | None:
+        """The slide's microns per pixel as the user entered it (not the file's), else None."""
+        slide = self.meta.get("slide") or {}
+        return float(slide["mpp"]) if slide.get("mpp_source") == "user" and slide.get("mpp") else None
+
+    def record_slide_mpp(self, mpp: float | None, source: str | None) -> None:
+        """Keep the slide's microns per pixel and where it came from ('user' for a value entered by
+        hand, which then comes back when the slide is opened again)."""
+        slide = dict(self.meta.get("slide") or {})
+        if (slide.get("mpp"), slide.get("mpp_source")) != (mpp, source):
+            self.update_meta(slide={**slide, "mpp": mpp, "mpp_source": source})
+
+    @property
     def status(self) -> str:
         return self.meta["status"]
 
