@@ -244,6 +244,10 @@ def count_tiles(slide, plan: Plan, params: SegmentationParams, root: str | os.Pa
     return PlanSummary(plan, _count(kinds))
 
 
+def _level0(damaged: list[tuple[int, int, int, str]]) -> set[tuple[int, int]]:
+    return {(cy, cx) for level, cy, cx, _ in damaged if level == 0}
+
+
 def _log_all_but(log_path: Path, cm: ClassMap, box: Box, bad: set) -> None:
     """A progress log that names every chunk of ``box`` but ``bad`` as finished, for both passes."""
     keys = [k for k in cm.chunks_in(box) if k not in bad]
@@ -335,10 +339,10 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
     log_path = root / "progress.log"
     key = run_key(plan, predictor.info, params)
     previous = cm.meta.get("job")
-    damaged = [] if overwrite else cm.damaged_chunks()
-    bad = {(cy, cx) for level, cy, cx, _ in damaged if level == 0}
+    damaged: list = []
     if plan.whole_slide:
         if cm.status == "complete" and not overwrite:
+            damaged = cm.damaged_chunks()  # all levels: a rerun of a complete map is otherwise no work
             if not damaged:
                 raise AlreadyComplete(f"{root}: already complete (use {{opt:overwrite}} to segment again)")
             if previous != key:
@@ -346,7 +350,7 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
                     f"{root}: {len(damaged)} chunk(s) of the complete class map are damaged or missing "
                     f"({cm.damage_summary(damaged)}); segment it with the settings that made it to repair them, "
                     "or use {opt:overwrite}")
-            _log_all_but(log_path, cm, plan.box, bad)  # the repair resumes from every intact chunk
+            _log_all_but(log_path, cm, plan.box, _level0(damaged))  # the repair resumes from every intact chunk
         if cm.status == "incomplete" and previous not in (None, key) and not overwrite:
             raise SegmentationError(
                 f"{root}: an unfinished run with other settings is there; rerun it with the same settings to "
@@ -366,7 +370,12 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
             cm.update_meta(job=key)
     done = read_progress(log_path, "s") if resuming else set()
     rows = read_rows(log_path, "s") if resuming else 0
+    if resuming:  # what this run takes as finished must be whole: checked against the checksums
+        mine = set(cm.chunks_in(plan.box))
+        kept = (done | {k for k in mine if cm.chunk_box(*k)[0] < rows}) & mine
+        damaged = damaged or cm.damaged_chunks(levels=[0], keys=kept)
     if resuming and damaged:
+        bad = _level0(damaged)
         done -= bad
         rows = min([rows] + [cm.chunk_box(*k)[0] for k in bad])
         plan.notes.append(f"{len(damaged)} damaged or missing chunk(s) found ({cm.damage_summary(damaged)}); "

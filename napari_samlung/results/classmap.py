@@ -356,12 +356,14 @@ class ClassMap:
                 path = self.chunk_path(level, cy, cx)
                 self._checksums.record(level, cy, cx, zlib.crc32(path.read_bytes()) if path.is_file() else None)
 
-    def damaged_chunks(self, levels: Iterable[int] | None = None) -> list[tuple[int, int, int, str]]:
-        """(level, cy, cx, problem) of every recorded chunk whose file is missing or changed."""
+    def damaged_chunks(self, levels: Iterable[int] | None = None,
+                       keys: set[tuple[int, int]] | None = None) -> list[tuple[int, int, int, str]]:
+        """(level, cy, cx, problem) of every recorded chunk whose file is missing or changed, of
+        ``levels`` (default: all) and, given ``keys``, only those (cy, cx). Every file checked is read."""
         wanted = set(range(len(self.levels)) if levels is None else levels)
         damaged = []
         for (level, cy, cx), crc in self._checksums.read().items():
-            if level not in wanted:
+            if level not in wanted or (keys is not None and (cy, cx) not in keys):
                 continue
             path = self.chunk_path(level, cy, cx)
             if crc is None:
