@@ -21,8 +21,7 @@ import signal
 import sys
 from typing import Iterator, Sequence
 
-from napari_samlung.commands.wording import error_line
-from napari_samlung.errors import user_error
+from napari_samlung.commands.wording import report_user_error
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -81,10 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(interrupted_line(args.command, stop), file=sys.stderr)
         return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     except Exception as exc:
-        error = user_error(exc)
-        if error is None:
+        if not report_user_error(args.command, exc):
             raise
-        print(error_line(args.command, error), file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -8,7 +8,6 @@ image, then a ``# mean`` line) and ``summary.json``; predicted masks optionally 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +22,7 @@ from napari_samlung.data.files import write_png
 from napari_samlung.errors import SamLungError
 from napari_samlung.data.layouts import Pair
 from napari_samlung.data.pairs import load_pair
-from napari_samlung.files import write_atomic
+from napari_samlung.files import write_atomic, write_json_atomic
 from napari_samlung.inference.images import MAX_SIZE, predict_labels
 from napari_samlung.inference.postprocess import morphological_cleanup
 from napari_samlung.inference.predictor import TilePredictor
@@ -138,7 +137,7 @@ def write_results(out_dir: Path, results: Sequence[ImageResult]) -> dict[str, fl
     lines.append("# mean\t" + "\t".join(_format(float(summary[k])) for k in METRIC_KEYS))
     write_atomic(out_dir / "metrics.tsv", ("\n".join(lines) + "\n").encode())
     strict = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
-    write_atomic(out_dir / "summary.json", (json.dumps(strict, indent=1) + "\n").encode())
+    write_json_atomic(out_dir / "summary.json", strict, indent=1)
     return summary
 
 

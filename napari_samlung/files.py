@@ -14,14 +14,28 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read without changing it where the system tells it (Linux): setting it
+    to read it would let another thread create a file or folder under a mask of 0 meanwhile."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
 
 
 @contextlib.contextmanager

@@ -355,8 +355,10 @@ def run(args: argparse.Namespace) -> int:
         if args.test_only:
             return test_only(args, dist, folder, logger, metrics)
         return train(args, dist, folder, logger, metrics)
-    except SamLungError as exc:
-        metrics.write(ErrorEvent(" ".join(str(exc).split())))
+    except Exception as exc:
+        error = user_error(exc)
+        if error is not None:
+            metrics.write(ErrorEvent(" ".join(str(error).split())))
         raise
     except KeyboardInterrupt:
         metrics.write(ErrorEvent("interrupted"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from typing import Iterator
 from pathlib import Path
@@ -33,12 +32,12 @@ from napari_samlung.commands.options import (
     positive_float,
     positive_int,
 )
-from napari_samlung.commands.wording import error_line, note, option_name
-from napari_samlung.errors import user_error, word
+from napari_samlung.commands.wording import note, option_name, report_user_error
+from napari_samlung.errors import word
 from napari_samlung.geometry import Box
 from napari_samlung.inference.engine import (
     AlreadyComplete,
-    ModelGeometry,
+    ModelSpec,
     Plan,
     PlanSummary,
     SegmentationParams,
@@ -49,7 +48,6 @@ from napari_samlung.inference.engine import (
 )
 from napari_samlung.inference.models import load_predictor, model_spec
 from napari_samlung.inference.predictor import TilePredictor, resolve_device
-from napari_samlung.model import read_checkpoint
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.results.folders import check_results_folder, choose_results, slide_stem
 from napari_samlung.results.lock import writing
@@ -191,14 +189,12 @@ class _Failures:
         try:
             yield
         except Exception as exc:
-            error = user_error(exc)
-            if error is None:
+            if not report_user_error("segment", exc):
                 raise
-            print(error_line("segment", error), file=sys.stderr, flush=True)
             self.count += 1
 
 
-def _plan_slide(path: Path, spec: ModelGeometry, params: SegmentationParams, args: argparse.Namespace,
+def _plan_slide(path: Path, spec: ModelSpec, params: SegmentationParams, args: argparse.Namespace,
                 region: Box | None, device: torch.device) -> Job:
     """Plan one slide and choose its results folder, without the model; print the notes (and with
     ``--dry-run`` the plan)."""
@@ -208,7 +204,7 @@ def _plan_slide(path: Path, spec: ModelGeometry, params: SegmentationParams, arg
         if notice:
             note("segment", notice)
         if args.dry_run:
-            _print_plan(path, slide, plan, params, root, args, device)
+            _print_plan(path, slide, plan, params, root, args, device, spec.preset)
         else:
             for text in plan.notes:
                 note("segment", text)
@@ -216,10 +212,10 @@ def _plan_slide(path: Path, spec: ModelGeometry, params: SegmentationParams, arg
 
 
 def _print_plan(path: Path, slide, plan: Plan, params: SegmentationParams, root: Path, args: argparse.Namespace,
-                device: torch.device) -> None:
+                device: torch.device, preset: str | None) -> None:
     summary, state = _summary(slide, plan, params, root, args.overwrite)
     print(f"{path.name} -> {root} ({state})")
-    for line in summary.lines() + [_estimate(summary, args, device)]:
+    for line in summary.lines() + [_estimate(summary, args, device, preset)]:
         print(f"  {word(line, option_name)}")
 
 
@@ -248,10 +244,12 @@ def _state(cm: ClassMap, plan: Plan, root: Path, overwrite: bool, same: bool, do
     return cm.status + resumed
 
 
-def _estimate(summary: PlanSummary, args: argparse.Namespace, device: torch.device) -> str:
-    """The run's time from a rate measured for this model, tile size and device; none without one."""
+def _estimate(summary: PlanSummary, args: argparse.Namespace, device: torch.device,
+              preset: str | None = None) -> str:
+    """The run's time from a rate measured for this model (``preset``, else ``--preset``), tile size
+    and device; none without one."""
     tiles = summary.tiles.get("model", 0)
-    preset, hardware = _preset(args), _hardware(device)
+    preset, hardware = preset or args.preset or "unknown", _hardware(device)
     rate = next((r for r in MEASURED_RATES if (r.preset, r.tile, r.compiled) == (preset, summary.plan.tile, args.compile)
                  and r.gpu in hardware), None)
     if rate is None:
@@ -259,11 +257,6 @@ def _estimate(summary: PlanSummary, args: argparse.Namespace, device: torch.devi
         return f"time: not estimated (no rate measured for {preset}, {summary.plan.tile} px tiles{compiled} on {hardware})"
     return (f"time: about {_duration(tiles / rate.tiles_per_s)} for {tiles} tiles at {rate.tiles_per_s:g} tiles/s "
             f"(measured on {rate.source})")
-
-
-def _preset(args: argparse.Namespace) -> str:
-    """The model's preset, from ``--preset`` or the checkpoint's configuration."""
-    return args.preset or read_checkpoint(args.checkpoint, mmap=True)["config"].get("preset", "unknown")
 
 
 def _hardware(device: torch.device) -> str:
@@ -335,7 +328,7 @@ def _export_paths(root: Path) -> list[Path]:
 
 def _exports_stale(root: Path) -> bool:
     """Whether an export is missing or older than the class map's last change."""
-    changed = (root / "classmap.zarr" / "zarr.json").stat().st_mtime_ns
+    changed = ClassMap.changed_ns(root)
     return any(not p.is_file() or p.stat().st_mtime_ns < changed for p in _export_paths(root))
 
 

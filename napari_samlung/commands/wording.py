@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from napari_samlung.errors import SamLungError, flag_name, word
+from napari_samlung.errors import SamLungError, flag_name, user_error, word
 
 #: Engine parameters whose option is not spelled after them.
 ALIASES = {"results_folder": "-o/--output"}
@@ -23,6 +23,14 @@ def option_name(param: str) -> str:
 def error_line(command: str, error: SamLungError) -> str:
     """The one line a command prints for a user error."""
     return f"samlung {command}: error: {error.worded(option_name)}"
+
+
+def report_user_error(command: str, exc: Exception) -> bool:
+    """Print ``exc`` in one line if it is a user error and say so; False for a bug (keep its traceback)."""
+    error = user_error(exc)
+    if error is not None:
+        print(error_line(command, error), file=sys.stderr, flush=True)
+    return error is not None
 
 
 def note(command: str, text: str) -> None:

@@ -1,6 +1,5 @@
 """Pieces the panels share: a path picker bound to the widget's state, error reports, long jobs in
-napari thread workers, imports warmed off the main thread, and the slide's resolution kept with its
-results."""
+napari thread workers, and imports warmed off the main thread."""
 
 from __future__ import annotations
 

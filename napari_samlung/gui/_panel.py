@@ -4,8 +4,8 @@ A panel (segment, review, export, fine-tune) is a group box of controls built wi
 its :class:`Host`. It uses the widget only through ``Host`` and shares choices with the other
 panels only through ``Host.state`` (:class:`~napari_samlung.gui.state.WidgetState`), never
 through another panel's attributes. The widget uses of every panel what :class:`Panel` states,
-and besides calls two panels' own hooks: ``ReviewPanel.offer_drafts`` when a slide's results open,
-and ``FinetunePanel.running`` / ``cancel`` (its process runs beside the widget's one job).
+and besides calls the fine-tune panel's own ``running`` / ``cancel`` (its process runs beside the
+widget's one job).
 
 A panel's status line says the outcome of its last action (done, failed: why, cancelled): a job's
 failure reaches it through ``on_error`` (of ``start_job`` or ``user_errors``), and
@@ -46,9 +46,6 @@ class Host(Protocol):
 
     def set_slide_mpp(self, slide: SlideContext, mpp: float | None) -> None:
         """Use ``mpp`` as the slide's microns per pixel (None: the file's), kept with its results."""
-
-    def results_root(self, slide: SlideContext) -> Path:
-        """The slide's result folder (existing or to be made)."""
 
     def classmap(self, slide: SlideContext, writable: bool = False) -> ClassMap:
         """The slide's class map; UserError when it has none yet."""

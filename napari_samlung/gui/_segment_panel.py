@@ -37,6 +37,7 @@ from napari_samlung.gui._common import PathEdit, describe
 from napari_samlung.gui._viewer import SlideContext, UserError, visible_box
 from napari_samlung.gui.model_cache import check_model_files
 from napari_samlung.inference.engine import (
+    MAX_TILE,
     AlreadyComplete,
     ModelSpec,
     PlanSummary,
@@ -152,12 +153,7 @@ class SegmentPanel(QGroupBox):
     def _build_slide_fields(self) -> None:
         """The slide's microns per pixel: the file's when it has a trusted value, else what the user
         enters (which also overrides the file's); where it came from, or why it is unknown."""
-        self.slide_mpp = QDoubleSpinBox()
-        self.slide_mpp.setRange(0.0, 100.0)
-        self.slide_mpp.setDecimals(4)
-        self.slide_mpp.setSingleStep(0.05)
-        self.slide_mpp.setSuffix(" µm/px")
-        self.slide_mpp.setSpecialValueText("unknown")
+        self.slide_mpp = _mpp_box(decimals=4, step=0.05, unset="unknown")
         self.slide_mpp.setToolTip("The current slide's microns per pixel. A value entered here replaces the "
                                   "file's for this slide and is kept with its results; 0 goes back to the file's.")
         self.slide_mpp.editingFinished.connect(self._slide_mpp_edited)
@@ -165,15 +161,10 @@ class SegmentPanel(QGroupBox):
         self.slide_mpp_source.setWordWrap(True)
 
     def _build_run_fields(self) -> None:
-        self.target_mpp = QDoubleSpinBox()
-        self.target_mpp.setRange(0.0, 100.0)
-        self.target_mpp.setDecimals(3)
-        self.target_mpp.setSingleStep(0.25)
-        self.target_mpp.setSuffix(" µm/px")
-        self.target_mpp.setSpecialValueText("the checkpoint's")
+        self.target_mpp = _mpp_box(decimals=3, step=0.25, unset="the checkpoint's")
         self.target_mpp.setToolTip("The resolution the model segments at (the one it was trained at by default)")
         self.tile_size = QSpinBox()
-        self.tile_size.setRange(0, 8192)
+        self.tile_size.setRange(0, MAX_TILE)
         self.tile_size.setSingleStep(16)
         self.tile_size.setSpecialValueText("the model's")
         self.overlap = QSpinBox()
@@ -408,8 +399,21 @@ def _cancelled(result: SegmentationResult, button: QPushButton) -> str:
 
 
 def _complete(root: Path, shape: tuple[int, int]) -> bool:
-    """Whether ``root`` holds a complete class map of this shape (a whole-slide run has nothing to do)."""
+    """Whether ``root`` holds a whole complete class map of this shape (a whole-slide run has nothing
+    to do); one with damaged or lost chunks is not: the run repairs them. Reads every chunk file:
+    called in the worker."""
     if not ClassMap.exists(root):
         return False
     cm = ClassMap.open(root)
-    return cm.status == "complete" and tuple(cm.shape) == shape
+    return cm.status == "complete" and tuple(cm.shape) == shape and not cm.damaged_chunks()
+
+
+def _mpp_box(decimals: int, step: float, unset: str) -> QDoubleSpinBox:
+    """A microns-per-pixel field; 0 shows ``unset`` (no value given)."""
+    box = QDoubleSpinBox()
+    box.setRange(0.0, 100.0)
+    box.setDecimals(decimals)
+    box.setSingleStep(step)
+    box.setSuffix(" µm/px")
+    box.setSpecialValueText(unset)
+    return box

@@ -82,6 +82,7 @@ class SamLungWidget(QWidget):
         layout.addStretch(1)
         for field in dataclasses.fields(WidgetSettings):
             getattr(self.state.events, field.name).connect(self.save_settings)
+        self.state.events.project_dir.connect(lambda *_: self._mpp.clear())  # kept µm/px come from the results
 
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._on_removed)
@@ -213,8 +214,7 @@ class SamLungWidget(QWidget):
             show_classmap(self.viewer, slide, cm)
             show_reviewed(self.viewer, slide, cm)
             self._check_chunks(slide, cm)
-            drafts = list_drafts(cm)
-            self.review.offer_drafts(drafts)
+            drafts = list_drafts(cm)  # the Review panel offers them when the slide is the current one
             if drafts:
                 show_info(f"{slide.name}: {len(drafts)} review draft(s) not applied yet; "
                           "'Resume drafts' opens them again")
@@ -268,5 +268,7 @@ class SamLungWidget(QWidget):
         path = Path(layer.metadata["samlung_slide"])
         still_shown = any(is_slide_layer(other) and Path(other.metadata["samlung_slide"]) == path
                           for other in self.viewer.layers)
-        if not still_shown and path in self._slides and not self._busy():
-            self._slides.pop(path).close()
+        if not still_shown:
+            self._mpp.pop(path, None)  # read again from the results when the slide is opened again
+            if path in self._slides and not self._busy():
+                self._slides.pop(path).close()

@@ -62,13 +62,12 @@ class PredictorCache:
 
     def get(self, checkpoint: Path, sam_weights: Path | None, device: str) -> TilePredictor:
         """The predictor for these files on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N')."""
-        resolved = resolve_device(device)
-        key = _key(checkpoint, sam_weights, device)
+        key = _key(checkpoint, sam_weights, device)  # checks the device before anything loads
         with self._lock:  # one load at a time; a second caller waits and reuses it
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            predictor = load_predictor(checkpoint, sam_weights, device=resolved)
+            predictor = load_predictor(checkpoint, sam_weights, device=key[2])
             self.loads += 1
             self._items[key] = predictor
             while len(self._items) > self.capacity:

@@ -9,7 +9,8 @@ run stops early (cancel, Ctrl-C), :meth:`ChunkWriter.close` also writes the rows
 the chunks still being filled, and records them as ``PREFIX-rows Y``: every pixel above row ``Y``
 is final, so nothing but the row of tiles in flight is lost. Pixels
 inside reviewed regions keep what the pathologist put there (``protect`` is asked for the
-reviewed boxes again every few seconds, so a correction applied during a run is kept too).
+reviewed boxes again every few seconds; a review cannot be applied while a run holds the results
+folder's lock).
 """
 
 from __future__ import annotations
@@ -104,26 +105,25 @@ class PyramidBuffer:
         self.classmap.write_chunk(level, y // ch, x // cw, values)
 
 
-def read_rows(path: Path, prefix: str) -> int:
-    """The class-map row above which everything was final when a run stopped early (0: none)."""
-    rows = 0
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == f"{prefix}-rows" and parts[1].isdigit():
-                rows = max(rows, int(parts[1]))
-    return rows
-
-
-def read_progress(path: Path, prefix: str) -> set[ChunkKey]:
-    """Chunks recorded as written under ``prefix`` (one pass of a run); torn lines are ignored."""
+def read_finished(path: Path, prefix: str) -> tuple[set[ChunkKey], int]:
+    """What runs under ``prefix`` (one pass) recorded as finished: whole chunks, and the class-map
+    row above which everything was final when the last of them stopped early (0: none; the last
+    line counts, since a run that found damage may start lower). Torn lines are ignored."""
     done: set[ChunkKey] = set()
+    rows = 0
     if path.is_file():
         for line in path.read_text().splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[0] == prefix and parts[1].isdigit() and parts[2].isdigit():
                 done.add((int(parts[1]), int(parts[2])))
-    return done
+            elif len(parts) == 2 and parts[0] == f"{prefix}-rows" and parts[1].isdigit():
+                rows = int(parts[1])
+    return done, rows
+
+
+def read_progress(path: Path, prefix: str) -> set[ChunkKey]:
+    """Chunks recorded as written under ``prefix``."""
+    return read_finished(path, prefix)[0]
 
 
 class ChunkWriter:
@@ -162,7 +162,7 @@ class ChunkWriter:
         self.target = target
         self.log_prefix = log_prefix
         self._log = open(progress_log, "a") if progress_log is not None else None
-        self._pyramid = PyramidBuffer(classmap, box) if target is None else None
+        self._pyramid = PyramidBuffer(classmap, self.box) if target is None else None
         if self._pyramid is not None:  # chunks written before an interruption: their coarse samples may be missing
             for key in self.done:
                 part = intersect(classmap.chunk_box(*key), self.box)
@@ -290,7 +290,8 @@ class ChunkWriter:
                 self._write_chunk(key, chunk, entry[0])
 
     def _protected(self) -> list[Box]:
-        """Reviewed boxes, re-read every few seconds: a region applied during a run stays protected."""
+        """Reviewed boxes, re-read every few seconds (applying a review waits for the folder's lock,
+        but a region removed meanwhile is then segmented again)."""
         if self._protect is not None and time.monotonic() - self._protect_read > PROTECT_REFRESH_S:
             self._protect_boxes = list(self._protect())
             self._protect_read = time.monotonic()

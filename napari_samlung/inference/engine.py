@@ -36,7 +36,7 @@ from napari_samlung.inference.postprocess import halo, morphological_cleanup
 from napari_samlung.inference.predictor import TilePredictor
 from napari_samlung.inference.stitching import Block, Stitcher, TileKind
 from napari_samlung.inference.tiling import TileGrid, aligned_box, settled_box
-from napari_samlung.inference.classmap_writer import ChunkWriter, read_progress, read_rows, remove_progress
+from napari_samlung.inference.classmap_writer import ChunkWriter, read_finished, read_progress, remove_progress
 
 MAX_TILE = 4096  # a tile's float batch grows with its area: 65,536 px tiles would need ~100 GB
 MAX_UPSAMPLING = 2.0  # finer than this many times the slide's finest level is refused unless allowed
@@ -95,6 +95,7 @@ class ModelSpec:
 
     tile_size: int
     mpp: float | None
+    preset: str | None = None
 
 
 @dataclass
@@ -235,9 +236,9 @@ def count_tiles(slide, plan: Plan, params: SegmentationParams, root: str | os.Pa
     done, rows = set(), 0
     if root is not None and job is not None and ClassMap.exists(root):
         cm = ClassMap.open(root)
-        if cm.meta.get("job") == job and tuple(cm.shape) == plan.shape:
-            log = Path(root) / "progress.log"
-            done, rows = read_progress(log, "s"), read_rows(log, "s")
+        if cm.meta.get("job") == job and tuple(cm.shape) == plan.shape and not (
+                params.postprocess and not plan.whole_slide):  # as _run: such region runs reuse nothing
+            done, rows = read_finished(Path(root) / "progress.log", "s")
             kinds = _classify(plan.grid(), cm, plan, done, rows, _tissue(slide, params), params.tissue_threshold)
             return PlanSummary(plan, _count(kinds))
     kinds = _classify(plan.grid(), None, plan, set(), 0, _tissue(slide, params), params.tissue_threshold)
@@ -361,15 +362,15 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
         log_finished = True
         cm.update_meta(status="incomplete", job=key)
     else:
-        # a region run feeds the whole-slide run of its settings, unless an unfinished whole-slide
-        # run of other settings owns the log; post-processing needs context a region does not have
-        log_finished = not params.postprocess and (previous == key or cm.status != "incomplete")
+        # a region run feeds the whole-slide run of its settings, unless a whole-slide run of other
+        # settings owns the log (unfinished, or complete: a repair needs its settings); post-processing
+        # needs context a region does not have
+        log_finished = not params.postprocess and (previous == key or cm.status not in ("incomplete", "complete"))
         resuming = log_finished and previous == key
         if log_finished and not resuming:
             remove_progress(log_path)
             cm.update_meta(job=key)
-    done = read_progress(log_path, "s") if resuming else set()
-    rows = read_rows(log_path, "s") if resuming else 0
+    done, rows = read_finished(log_path, "s") if resuming else (set(), 0)
     if resuming:  # what this run takes as finished must be whole: checked against the checksums
         mine = set(cm.chunks_in(plan.box))
         kept = (done | {k for k in mine if cm.chunk_box(*k)[0] < rows}) & mine

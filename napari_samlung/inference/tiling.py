@@ -84,10 +84,10 @@ class TileGrid:
         return np.outer(self.rows.weights(r), self.cols.weights(c))
 
 
-def _axis_span(start: int, length: int, size: int, tile: int, stride: int) -> tuple[int, int]:
+def _axis_span(start: int, length: int, size: int, tile: int, overlap: int) -> tuple[int, int]:
     """Start and length, on the global grid of an axis of ``size`` pixels, of the tiles touching
     ``[start, start + length)``."""
-    count = 1 if size <= tile else math.ceil((size - tile) / stride) + 1
+    count, stride = Axis(0, size, tile, overlap).count, tile - overlap
     first = max(0, (start - tile) // stride + 1)
     last = min(count - 1, max(first, math.ceil((start + length) / stride) - 1))
     begin = first * stride
@@ -96,9 +96,8 @@ def _axis_span(start: int, length: int, size: int, tile: int, stride: int) -> tu
 
 def aligned_box(region: Box, shape: tuple[int, int], tile: int, overlap: int) -> Box:
     """The box of the class-map grid's tiles (of a map of ``shape``) that touch ``region``."""
-    stride = tile - overlap
-    y, h = _axis_span(region[0], region[2], shape[0], tile, stride)
-    x, w = _axis_span(region[1], region[3], shape[1], tile, stride)
+    y, h = _axis_span(region[0], region[2], shape[0], tile, overlap)
+    x, w = _axis_span(region[1], region[3], shape[1], tile, overlap)
     return y, x, h, w
 
 

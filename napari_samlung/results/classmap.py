@@ -172,6 +172,11 @@ class ClassMap:
     def exists(root: str | os.PathLike) -> bool:
         return (Path(root) / "classmap.zarr" / "zarr.json").is_file()
 
+    @staticmethod
+    def changed_ns(root: str | os.PathLike) -> int:
+        """When the class map's metadata last changed (every run and applied review changes it)."""
+        return (Path(root) / "classmap.zarr" / "zarr.json").stat().st_mtime_ns
+
     # -- metadata -------------------------------------------------------------------------------
     @property
     def meta(self) -> dict[str, Any]:

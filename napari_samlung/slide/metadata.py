@@ -39,11 +39,6 @@ class SlideMetadata:
     properties: dict[str, str] = field(default_factory=dict)
 
 
-def plausible_mpp(value: float | None) -> float | None:
-    """``value`` if it is a finite pixel size in the plausible range, else None."""
-    return None if implausible(value) else value
-
-
 def implausible(value: float | None) -> str | None:
     """Why ``value`` (microns per pixel) cannot be a microscope's, or None when it can."""
     if value is None or not math.isfinite(value):
@@ -61,10 +56,12 @@ def device_density(mpp: float) -> int | None:
 
 
 def _checked(meta: SlideMetadata, value: float | None, source: str, what: str) -> SlideMetadata:
-    problem = implausible(value) if value is not None else None
-    if value is not None and problem is None:
+    if value is None:
+        return meta
+    problem = implausible(value)
+    if problem is None:
         meta.mpp, meta.mpp_source = value, source
-    elif value is not None:
+    else:
         meta.mpp_note = f"{what} ({problem}) ignored"
     return meta
 

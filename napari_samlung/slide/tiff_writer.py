@@ -141,7 +141,7 @@ def _validate(path, source, mpp, tile, compression, levels, factor, kind, flavor
     if levels is not None and levels < 1:
         raise ValueError(f"levels must be at least 1, got {levels}")
     sizes = mpp if isinstance(mpp, tuple) else (mpp,)
-    if mpp is not None and not (len(sizes) in (1, 2) and all(math.isfinite(v) and v > 0 for v in sizes)):
+    if mpp is not None and not (len(sizes) == (2 if isinstance(mpp, tuple) else 1) and all(math.isfinite(v) and v > 0 for v in sizes)):
         raise ValueError(f"mpp must be a positive number or a (y, x) pair of them, got {mpp}")
     for name, image in (associated or {}).items():
         if flavor != "svs" or name not in ASSOCIATED:
