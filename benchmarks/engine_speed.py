@@ -192,7 +192,7 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnos
     outputs are dropped), to show which stage holds the pipeline back; ``profile_to`` a profiled
     run over a small region (:func:`profile_region`).
     """
-    from napari_samlung.inference import engine as engine_module
+    from napari_samlung.inference.stitching import Stitcher
     from napari_samlung.inference.classmap_writer import ChunkWriter
 
     torch.manual_seed(0)
@@ -221,13 +221,13 @@ def gpu_utilisation(path: Path, args: argparse.Namespace, workdir: Path, diagnos
         ChunkWriter._place_all = wait_only
         try:
             result["no_writing_images_per_s"] = engine_run(path, predictor, params, workdir / "d1.samlung")["images_per_s"]
-            stitcher_add = engine_module.Stitcher.add
-            engine_module.Stitcher.add = lambda self, r, c, kind, probs=None: []
+            stitcher_add = Stitcher.add  # the engine's ConfidenceStitcher adds through it
+            Stitcher.add = lambda self, r, c, kind, probs=None: []
             try:
                 result["no_stitching_images_per_s"] = engine_run(path, predictor, params,
                                                                  workdir / "d2.samlung")["images_per_s"]
             finally:
-                engine_module.Stitcher.add = stitcher_add
+                Stitcher.add = stitcher_add
         finally:
             ChunkWriter._place_all = place
     if profile_to is not None:

@@ -4,11 +4,14 @@ Generates (once, cached in a folder) a JPEG pyramid of SIZE x SIZE pixels, then 
   - a plain threaded tifffile decode of level 0 (``page.asarray(maxworkers=THREADS)``);
   - decoding the same level through ``Slide.read_region`` in 1024 x 1024 requests overlapping by
     128 pixels, issued row by row from THREADS threads (as the engine's loaders do);
+  - the same sweep through the OpenSlide path on the same file, and on a DICOM WSI made from it
+    by wsidicomizer (cached beside it; --no-dicom skips it);
   - ``read_scaled`` at scale 2 over the same area (best level + antialiased resize);
   - opening time of the large file and of a small one (should not grow with size).
 Each figure is the best of --repeat runs (the machine may be shared). Prints; asserts nothing.
 
     python benchmarks/slide_read_speed.py [--size 16384] [--threads 2] [--repeat 3] [--dir /tmp/samlung-bench]
+                                          [--no-dicom]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from skimage import data
 
 from napari_samlung.inference.tiling import TileGrid
 from napari_samlung.slide import open_slide
+from napari_samlung.slide.reader import open_slide_with_openslide
 from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 
 
@@ -56,6 +60,22 @@ def make_slide(folder: Path, size: int) -> Path:
     return path
 
 
+def make_dicom(slide: Path) -> Path:
+    """The slide as DICOM WSI (every level, 256 px JPEG tiles), made once by wsidicomizer."""
+    from wsidicomizer import WsiDicomizer
+    from wsidicomizer.wsidicomizer import SourceIdentifier
+
+    folder = slide.with_suffix(".dicom")
+    if not folder.exists():
+        t = time.perf_counter()
+        partial = slide.with_suffix(".dicom-partial")
+        WsiDicomizer.convert(slide, partial, tile_size=256, preferred_source=SourceIdentifier.OPENSLIDE,
+                             include_label=False, include_overview=False, include_thumbnail=False)
+        partial.rename(folder)
+        print(f"generated {folder} in {time.perf_counter() - t:.1f} s")
+    return folder
+
+
 def best_rate(run, megapixels: float, repeat: int) -> float:
     """Megapixels per second of the fastest of ``repeat`` calls of ``run``."""
     times = []
@@ -79,6 +99,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/samlung-bench"))
+    parser.add_argument("--no-dicom", action="store_true", help="skip the DICOM WSI (made once, slowly)")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     path = make_slide(args.dir, args.size)
@@ -89,18 +110,30 @@ def main() -> None:
         plain = best_rate(lambda: tif.pages[0].asarray(maxworkers=args.threads), mpix, args.repeat)
     print(f"tifffile threaded decode of level 0 ({args.threads} threads): {plain:.1f} MPix/s")
 
-    def sweep() -> None:  # a fresh slide each time: an empty cache
-        with open_slide(path) as slide, ThreadPoolExecutor(args.threads) as pool:
-            boxes = requests(*slide.shape)
-            list(pool.map(lambda yx: slide.read_region(0, *yx, 1024, 1024), boxes))
-            stats.append((len(boxes), slide.cache_stats.decodes))
+    def sweep_rate(opener, target: Path) -> tuple[float, int, int]:
+        """Level-0 MPix/s of the engine's request sweep, with request and tile-decode counts."""
+        stats: list = []
 
-    stats: list = []
-    ours = best_rate(sweep, mpix, args.repeat)
+        def sweep() -> None:  # a fresh slide each time: an empty cache
+            with opener(target) as slide, ThreadPoolExecutor(args.threads) as pool:
+                boxes = requests(*slide.shape)
+                list(pool.map(lambda yx: slide.read_region(0, *yx, 1024, 1024), boxes))
+                stats.append((len(boxes), slide.cache_stats.decodes))
+
+        return best_rate(sweep, mpix, args.repeat), *stats[-1]
+
+    ours, count, decodes = sweep_rate(open_slide, path)
     tiles = (-(-args.size // 256)) ** 2
     print(f"read_region, 1024 px requests, 128 px overlap, {args.threads} threads: {ours:.1f} MPix/s "
-          f"of level 0 ({stats[-1][0]} requests, {stats[-1][1]} tile decodes for {tiles} tiles)")
+          f"of level 0 ({count} requests, {decodes} tile decodes for {tiles} tiles)")
     print(f"ratio read_region / tifffile: {ours / plain:.2f}")
+    other, _, decodes = sweep_rate(open_slide_with_openslide, path)
+    print(f"same sweep through OpenSlide, same file: {other:.1f} MPix/s ({decodes} tile reads); "
+          f"ratio OpenSlide / tifffile path: {other / ours:.2f}")
+    if not args.no_dicom:
+        dicom, _, decodes = sweep_rate(open_slide, make_dicom(path))
+        print(f"same sweep through OpenSlide, DICOM WSI made from it: {dicom:.1f} MPix/s ({decodes} tile reads); "
+              f"ratio DICOM / tifffile path: {dicom / ours:.2f}")
 
     scale = 2.0
     step = int(1024 * scale)

@@ -35,6 +35,12 @@ COMMANDS = {
                 "evaluate a checkpoint on image tiles: Dice, IoU, accuracy, HD95 per image"),
     "export": ("napari_samlung.commands.export",
                "export a slide's results: training set of reviewed regions, GeoJSON, label TIFF"),
+    "import": ("napari_samlung.commands.import_",
+               "import QuPath GeoJSON or a label image into a slide's results as reviewed regions"),
+    "suggest": ("napari_samlung.commands.suggest",
+                "list the fields to review next: where the model was least confident"),
+    "summary": ("napari_samlung.commands.summary",
+                "tumour burden of slides from their results: one line each, and a CSV table"),
     "demo": ("napari_samlung.commands.demo",
              "run the whole loop on a built-in synthetic slide (CPU, a few minutes)"),
 }

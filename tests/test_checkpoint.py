@@ -3,6 +3,7 @@ refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -59,9 +60,32 @@ def test_checkpoint_plus_separate_sam_file_round_trips_bit_exactly(trained_tiny,
     path = save_checkpoint(trained_tiny, tmp_path / "ckpt.pt")
     assert "encoder" not in read_checkpoint(path)
     loaded = load_checkpoint(path, sam_weights=sam_file)
-    assert loaded.config == trained_tiny.config
+    assert loaded.config == dataclasses.replace(trained_tiny.config, encoder_weights="sam")  # from the SAM file
     _assert_same_state(loaded, trained_tiny)
     assert torch.equal(_outputs(loaded), _outputs(trained_tiny))
+
+
+def test_a_whole_network_trained_model_saves_its_encoder_unasked_and_loads_it_over_the_sam_file(
+        trained_tiny, tmp_path: Path) -> None:
+    sam_file = tmp_path / "sam.pth"
+    torch.save({"image_encoder." + k: torch.zeros_like(v)
+                for k, v in trained_tiny.image_encoder.sam_state_dict().items()}, sam_file)
+    trained_tiny.set_tune("full")
+    assert trained_tiny.config.encoder_weights == "trained"
+    path = save_checkpoint(trained_tiny, tmp_path / "full.pt")  # no include_encoder: no other file holds it
+    content = read_checkpoint(path)
+    assert "encoder" in content and content["config"]["tune"] == "full"
+    loaded = load_checkpoint(path, sam_weights=sam_file)
+    assert loaded.config == trained_tiny.config
+    _assert_same_state(loaded, trained_tiny)
+
+
+def test_a_checkpoint_whose_trained_encoder_is_missing_is_refused(trained_tiny, tmp_path: Path) -> None:
+    content = read_checkpoint(save_checkpoint(trained_tiny.set_tune("full"), tmp_path / "full.pt"))
+    del content["encoder"]
+    torch.save(content, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=r"damaged\.pt: its encoder was trained \(tune full\) but the file"):
+        load_checkpoint(tmp_path / "damaged.pt", sam_weights=tmp_path / "any.pth")
 
 
 def test_self_contained_checkpoint_round_trips_bit_exactly(trained_tiny, tmp_path: Path) -> None:

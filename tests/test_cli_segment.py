@@ -59,6 +59,18 @@ def test_segment_writes_class_map_label_tiff_and_geojson(slide, tmp_path):
     collection = json.loads((root / "case.geojson").read_text())
     assert collection["type"] == "FeatureCollection"
     assert "tiles segmented" in done.stdout and str(root) in done.stdout
+    figures = cm.meta["burden"]  # measured before the exports, so the GeoJSON carries it
+    pixel_area_mm2 = 0.5 ** 2 / 1e6
+    assert figures["tumour_mm2"] == pytest.approx(int((labels == 1).sum()) * pixel_area_mm2)
+    tumour = [f for f in collection["features"] if f["properties"]["classification"]["name"] == "Tumor"]
+    for feature in tumour:
+        assert feature["properties"]["measurements"]["Tumour area mm^2"] == pytest.approx(figures["tumour_mm2"], rel=1e-6)
+    assert f"Tumour {figures['tumour_mm2']:.3g} mm²" in done.stdout
+    import csv
+
+    (row,) = csv.DictReader((tmp_path / "summary.csv").open())
+    assert row["slide"] == "case" and float(row["tumour_area_mm2"]) == pytest.approx(figures["tumour_mm2"], rel=1e-3)
+    assert row["results"] == str(root.resolve())
 
 
 def test_rerun_after_a_killed_run_resumes_and_matches_an_uninterrupted_run(tall_slide, tmp_path):
@@ -172,4 +184,5 @@ def test_under_torchrun_each_rank_takes_its_share_of_the_slides(slide, tmp_path)
     done = samlung("segment", *slides, "--preset", "tiny", "--device", "cpu", "--no-export", "-o", tmp_path / "out",
                    env=env)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1.samlung"]  # slides[1::2]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.samlung")) == ["s1.samlung"]  # slides[1::2]
+    assert (tmp_path / "out" / "summary.csv").read_text().splitlines()[1].startswith("s1,")  # its burden row

@@ -49,6 +49,9 @@ def test_export_writes_training_set_geojson_and_label_tiff(results, tmp_path, ca
     assert tifffile.imread(tmp_path / "a.tif").shape == (128, 192)
     out = capsys.readouterr().out
     assert "2 tiles" in out and "a.geojson" in out and "a.tif" in out
+    tumour_mm2 = 80 * 120 * 1.0 ** 2 / 1e6  # class-map pixels of 1 µm (slide 0.5 µm/px, scale 2)
+    assert collection["features"][0]["properties"]["measurements"]["Tumour area mm^2"] == pytest.approx(tumour_mm2)
+    assert f"Tumour {tumour_mm2:.3g} mm² of " in out
 
 
 def test_slide_can_be_given_instead_of_the_recorded_one(results, tmp_path):

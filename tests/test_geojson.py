@@ -162,3 +162,23 @@ def test_geojson_file_is_replaced_atomically(tmp_path):
     classmap_to_geojson(cm, path)
     assert json.loads(path.read_text())["type"] == "FeatureCollection"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.geojson", "s.samlung"]
+
+
+def test_features_carry_their_area_and_the_tumour_feature_the_slide_burden_as_qupath_measurements(tmp_path):
+    from napari_samlung.results import burden
+
+    cm = make_classmap(tmp_path / "s.samlung", square_with_hole(), scale=2.0, slide_mpp=0.25)
+    (unmeasured,) = classmap_to_geojson(cm)["features"]
+    area_um2 = (160 * 120 - 40 * 40) * 0.25 ** 2  # level-0 px of the polygon, 0.25 µm each side
+    assert unmeasured["properties"]["measurements"] == {"Area µm^2": pytest.approx(area_um2)}
+    figures = burden.update_metadata(cm.root)
+    (feature,) = classmap_to_geojson(ClassMap.open(cm.root), tmp_path / "m.geojson")["features"]
+    measurements = json.loads((tmp_path / "m.geojson").read_text())["features"][0]["properties"]["measurements"]
+    assert measurements == feature["properties"]["measurements"]
+    assert measurements["Tumour area mm^2"] == pytest.approx(area_um2 / 1e6) == pytest.approx(figures.tumour_mm2)
+    assert measurements["Tumour regions >= 0.01 mm^2"] == 0  # 1,100 µm²: smaller than 0.01 mm²
+    assert all(isinstance(v, (int, float)) for v in measurements.values())
+    reviewed = ClassMap.open(cm.root, mode="r+")
+    reviewed.add_reviewed((0, 0, 60, 60))
+    (part, _) = classmap_to_geojson(reviewed, reviewed_only=True, reviewed_boxes=True)["features"]
+    assert set(part["properties"]["measurements"]) == {"Area µm^2"}  # slide figures describe the whole map

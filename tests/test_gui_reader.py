@@ -21,12 +21,16 @@ from gui_support import (  # noqa: F401  (fixtures)
     view,
     wait_for,
 )
+from classmap_factory import make_classmap
+from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
 from napari_samlung.gui import _sample_data
 from napari_samlung.gui._reader import get_reader
-from napari_samlung.gui.layers import RESULTS, ROLE, SLIDE_PATH
+from napari_samlung.gui.layers import RESULTS, ROLE, SLIDE_PATH, ShownLevel, classmap_layer, mpp_frame
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.results.folders import results_dir
-from napari_samlung.labels import TUMOR
+from napari_samlung.labels import IGNORE, TUMOR
+from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
+from slide_factory import he_texture
 
 pytestmark = pytest.mark.gui
 MANIFEST = Path(__file__).resolve().parents[1] / "napari_samlung" / "napari.yaml"
@@ -40,6 +44,7 @@ def test_manifest_is_valid_and_declares_reader_widget_writers_and_sample():
     contributions = manifest.contributions
     (reader,) = contributions.readers
     assert {"*.svs", "*.ndpi", "*.tif", "*.tiff", "*.ome.tif"} <= set(reader.filename_patterns)
+    assert reader.accepts_directories  # result folders and classmap.zarr
     assert [w.display_name for w in contributions.widgets] == ["SAM-Lung segmentation"]
     extensions = sorted(ext for w in contributions.writers for ext in w.filename_extensions)
     assert extensions == [".geojson", ".tif", ".tiff"]
@@ -155,3 +160,75 @@ def test_writers_save_the_segmentation_as_label_tiff_and_geojson(make_napari_vie
     (feature,) = json.loads((tmp_path / "plain.geojson").read_text())["features"]
     xs, ys = zip(*feature["geometry"]["coordinates"][0][0])
     assert (min(xs), max(xs), min(ys), max(ys)) == (16, 48, 8, 24)  # the layer's pixel edges
+
+
+@pytest.fixture
+def results(tmp_path) -> ClassMap:
+    """Results of a 0.25 um/px slide at 2 slide pixels per class-map pixel, with a reviewed region."""
+    labels = np.zeros((600, 700), np.uint8)
+    labels[100:300, 200:500] = TUMOR
+    labels[:50, :60] = IGNORE
+    cm = make_classmap(tmp_path / "case.samlung", labels, scale=2.0, slide_mpp=0.25,
+                       slide_path=str(tmp_path / "case.svs"))
+    cm.add_reviewed((100, 200, 50, 50))
+    return cm
+
+
+def _class_names(layer) -> dict[int, str]:
+    return dict(zip(layer.features["index"], layer.features["class"]))
+
+
+@pytest.mark.parametrize("name", ["labels.tif", "labels.ome.tif"])
+def test_label_tiff_opens_as_multiscale_labels_where_the_class_map_lies(make_napari_viewer, results, tmp_path,
+                                                                       name):
+    path = classmap_to_label_tiff(results, tmp_path / name, tile=64)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    assert type(layer).__name__ == "Labels" and layer.multiscale and len(layer.data) == 5
+    assert all(isinstance(level, ShownLevel) for level in layer.data)  # read lazily, tile by tile
+    np.testing.assert_array_equal(np.asarray(layer.data[0][80:320, 180:520]), results.read((80, 180, 240, 340)))
+    np.testing.assert_array_equal(np.asarray(layer.data[2][:]), results.read((0, 0, 150, 175), level=2))
+    _, expected, _ = classmap_layer(results, mpp_frame(0.25), tmp_path / "case.svs", "case")
+    assert tuple(layer.scale) == pytest.approx(expected["scale"]) == (0.5, 0.5)
+    assert tuple(layer.translate) == pytest.approx(expected["translate"])  # over the slide, as the widget puts it
+    assert [str(u) for u in layer.units] == ["micrometer"] * 2
+    assert _class_names(layer) == {0: "Background", 1: "Tumor", 255: "Not reviewed"}
+    assert layer.colormap.map(np.array([0]))[0][3] == 0  # background clear over the tissue
+
+
+def test_a_plain_slide_tiff_still_opens_as_a_slide(make_napari_viewer, tmp_path):
+    path = write_pyramidal_tiff(tmp_path / "slide.tif", he_texture(256, 320), mpp=0.5, tile=64, compression="zlib",
+                                description="napari-samlung wrote this slide")
+    viewer = make_napari_viewer()
+    layer = open_slide_layer(viewer, path)
+    assert type(layer).__name__ == "Image" and layer.rgb and layer.metadata[ROLE] == "slide"
+
+
+@pytest.mark.parametrize("inside", ["", "classmap.zarr"])
+def test_results_folder_or_its_classmap_zarr_opens_as_labels_in_micrometres(make_napari_viewer, results, inside):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(results.root / inside), plugin=PLUGIN)
+    assert [type(layer).__name__ for layer in layers] == ["Labels", "Shapes"]  # the class map, reviewed regions
+    labels = layers[0]
+    assert labels.multiscale and len(labels.data) == len(results.levels) == 3
+    assert all(isinstance(level, ShownLevel) for level in labels.data)
+    np.testing.assert_array_equal(np.asarray(labels.data[1][:]), results.read((0, 0, 300, 350), level=1))
+    assert tuple(labels.scale) == pytest.approx((0.5, 0.5)) and tuple(labels.translate) == pytest.approx((0.125,) * 2)
+    assert [str(u) for u in labels.units] == ["micrometer"] * 2
+    assert _class_names(labels) == {0: "Background", 1: "Tumor", 255: "Not reviewed"}
+    assert labels.metadata[ROLE] == "classmap" and labels.metadata[RESULTS] == str(results.root.resolve())
+
+
+def test_a_damaged_chunk_of_opened_results_shows_as_not_reviewed(make_napari_viewer, results):
+    results.chunk_path(0, 0, 0).write_bytes(b"garbage")
+    viewer = make_napari_viewer()
+    labels = viewer.open(str(results.root), plugin=PLUGIN)[0]
+    assert (np.asarray(labels.data[0][100:110, 200:210]) == IGNORE).all()
+
+
+def test_folders_that_are_not_results_get_no_reader(tmp_path, results):
+    (tmp_path / "empty").mkdir()
+    ClassMap.open(results.root, mode="r+").group.attrs["samlung"] = {"format": "something-else"}
+    assert get_reader(str(tmp_path / "empty")) is None
+    assert get_reader(str(results.root)) is None
+    assert get_reader(str(results.root / "classmap.zarr")) is None

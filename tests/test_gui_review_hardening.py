@@ -227,7 +227,8 @@ def test_slides_open_with_this_plugin_without_asking_unless_the_user_chose_a_rea
     viewer = make_napari_viewer()
     open_slide_layer(viewer, demo_slide)
     assert plugins.extension2reader == {"*.tif": "napari", "*.svs": PLUGIN, "*.ndpi": PLUGIN,
-                                        "*.tiff": PLUGIN}
+                                        "*.tiff": PLUGIN, "*.dcm": PLUGIN, "*.mrxs": PLUGIN, "*.scn": PLUGIN,
+                                        "*.bif": PLUGIN, "*.vms": PLUGIN, "*.vmu": PLUGIN}
 
     other = shutil.copy(demo_slide, tmp_path / "other.svs")
     (layer,) = viewer.open(other, plugin=None)[:1]  # as File > Open does: the preference, no dialog

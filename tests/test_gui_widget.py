@@ -26,6 +26,7 @@ from gui_support import (  # noqa: F401  (fixtures)
     view,
     wait_for,
 )
+from napari_samlung.model.checkpoint import read_checkpoint
 from napari_samlung.results.drafts import list_drafts
 from napari_samlung.data import SegmentationDataset, discover_training_data, read_export_set
 from napari_samlung.gui._panel import Host, Panel
@@ -253,6 +254,7 @@ def test_fine_tune_from_the_widget_offers_the_new_checkpoint(make_napari_viewer,
     wait_for(qtbot, widget)
 
     panel = widget.finetune
+    panel.tune.setCurrentText("Head only")
     panel.epochs.setValue(1)
     panel.max_steps.setValue(1)
     panel.batch_size.setValue(1)
@@ -261,6 +263,7 @@ def test_fine_tune_from_the_widget_offers_the_new_checkpoint(make_napari_viewer,
     qtbot.waitUntil(lambda: not panel.running, timeout=120_000)
     assert not notifications("error"), notifications("error")
     assert panel.use_button.isEnabled() and panel.new_checkpoint.is_file()
+    assert read_checkpoint(panel.new_checkpoint)["config"]["tune"] == "head"  # the panel's choice trained
     assert "epoch 1/1" in panel.log.toPlainText()
     panel.use_button.click()
     assert widget.segment.checkpoint.text() == str(panel.new_checkpoint)

@@ -25,7 +25,7 @@ def test_missing_file(tmp_path):
 
 
 def test_folder_is_not_a_slide(tmp_path):
-    expect_error(tmp_path, "not a file")
+    expect_error(tmp_path, "neither an OME-Zarr image nor a DICOM whole-slide image")
 
 
 def test_empty_file(tmp_path):

@@ -8,7 +8,7 @@ import tifffile
 import zarr
 
 from napari_samlung.slide import open_slide
-from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
+from napari_samlung.slide.tiff_writer import Sparse, write_pyramidal_tiff
 from slide_factory import he_texture, reduce2
 
 RGB = he_texture(300, 457, seed=4)  # odd width: the last column of each level is a half block
@@ -129,3 +129,52 @@ def test_wrong_source_shape_is_rejected(tmp_path):
         write_pyramidal_tiff(tmp_path / "x.tif", RGB[..., 0])
     with pytest.raises(ValueError, match="folder"):
         write_pyramidal_tiff(tmp_path / "missing" / "x.tif", RGB)
+
+
+class CountingSource:
+    """A label array that records the boxes read from it."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
+
+    def __getitem__(self, key):
+        rows, cols = key
+        self.reads.append((rows.start, cols.start, rows.stop, cols.stop))
+        return self.array[key]
+
+
+@pytest.mark.parametrize("name, compression", [("s.tif", "zlib"), ("s.ome.tif", "lzw"), ("s.tif", "none")])
+def test_sparse_labels_read_only_near_their_boxes_and_share_one_empty_tile(tmp_path, name, compression):
+    labels = np.zeros((300, 457), np.uint8)
+    labels[70:140, 200:300] = np.random.default_rng(1).integers(1, 4, (70, 100))
+    source = CountingSource(labels)
+    path = write_pyramidal_tiff(tmp_path / name, source, tile=64, compression=compression, kind="labels",
+                                flavor="ome" if name.endswith(".ome.tif") else "tiff",
+                                sparse=Sparse(0, [(70, 200, 70, 100)]))
+    assert source.reads and all(y0 < 140 and x0 < 300 and y1 > 70 and x1 > 200 for y0, x0, y1, x1 in source.reads)
+    with tifffile.TiffFile(path) as tif:
+        levels = tif.series[0].levels
+        assert len(levels) == 4
+        for k, level in enumerate(levels):
+            np.testing.assert_array_equal(level.asarray(), labels[:: 2**k, :: 2**k])
+        page = levels[0].keyframe
+        tiles = list(zip(page.dataoffsets, page.databytecounts))
+        occupied = {(1, 3), (1, 4), (2, 3), (2, 4)}  # (row, column) of the 64 px tiles the box touches
+        empty = [tile for i, tile in enumerate(tiles) if divmod(i, 8) not in occupied]
+        assert len(set(empty)) == 1 and empty[0][0] > 0 and empty[0][1] > 0  # one stored empty tile
+        assert len(set(tiles)) == len(occupied) + 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_sparse_labels_with_nothing_stored_are_all_fill(tmp_path):
+    path = write_pyramidal_tiff(tmp_path / "e.tif", np.ones((200, 130), np.uint8), tile=64, compression="zlib",
+                                kind="labels", sparse=Sparse(255, []))
+    with tifffile.TiffFile(path) as tif:
+        levels = [level.asarray() for level in tif.series[0].levels]
+    assert [level.shape for level in levels] == [(200, 130), (100, 65), (50, 33)]  # the last: one tile
+    assert all((level == 255).all() for level in levels)
+
+
+def test_sparse_writing_is_for_labels(tmp_path):
+    with pytest.raises(ValueError, match="labels"):
+        write_pyramidal_tiff(tmp_path / "x.tif", RGB, sparse=Sparse(0, []))

@@ -42,7 +42,7 @@ def _trainer_args(command: list[str]):
 @pytest.mark.parametrize("config", [
     FinetuneConfig([Path("a"), Path("b")], Path("c.pt"), Path("out"), sam_weights=Path("sam.pth"), epochs=3,
                    max_steps_per_epoch=7, batch_size=2, crop_size=48, lr=0.001, device="cuda:1", workers=2,
-                   extra_args=("--amp",)),
+                   tune="head", extra_args=("--amp",)),
     FinetuneConfig([Path("a")], Path("c.pt"), Path("out"), nproc=2),  # defaults, under torchrun
 ], ids=["every-option", "defaults"])
 def test_the_launchers_command_means_the_same_to_the_trainers_parser(config):

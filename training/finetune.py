@@ -1,4 +1,4 @@
-"""samlung-finetune: fine-tune SAM-Lung's adapters and head on tumor masks, on one or many GPUs.
+"""samlung-finetune: fine-tune SAM-Lung on tumor masks, on one or many GPUs.
 
 Single process::
 
@@ -16,6 +16,10 @@ on the test split instead.
 
 The research code's launch lines work as they are: its short options (``-b``, ``-j``),
 ``--start_epoch`` and boolean values (``--amp True``, ``--sync_bn False``, ``--save-best True``).
+
+``--tune`` chooses what trains: ``mona`` the Mona adapters and the head (the paper's method, the
+default on the official SAM encoder), ``full`` the whole network (the default where the encoder
+has no pretrained weights; encoder blocks are recomputed in backward), ``head`` the head alone.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from napari_samlung.model import SamLung
 from napari_samlung.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from napari_samlung.model.config import PRESETS
 from napari_samlung.training_runs.contract import (
+    TUNE_MODES,
     DoneEvent,
     EpochEvent,
     ErrorEvent,
@@ -171,6 +176,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="start from this SAM-Lung checkpoint with a fresh optimizer "
                             "(fine-tune on corrections)")
     model.add_argument("--resume", default=None, help="continue the run that wrote this last.pt")
+    model.add_argument("--tune", choices=TUNE_MODES, default=None,
+                       help="what trains: mona = Mona adapters + head (the paper's method), full = the whole "
+                            "network, head = the head alone (default: mona on the official SAM encoder, full on "
+                            "an encoder without pretrained weights; --resume: the run's own)")
 
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--device", type=device_name, default="auto",
@@ -185,6 +194,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="cap on optimizer steps per epoch (short runs)")
     optim.add_argument("--lr", type=positive_float, default=0.01,
                        help="base learning rate (poly schedule, 1 warm-up epoch)")
+    optim.add_argument("--encoder-lr-scale", type=positive_float, default=0.1,
+                       help="with --tune full: the encoder's learning rate as a share of --lr (the adapters "
+                            "and the head take --lr)")
     optim.add_argument("--momentum", type=non_negative_float, default=0.9)
     optim.add_argument("--weight-decay", "--wd", type=non_negative_float, default=1e-4)
     add_flag(optim, "--amp", help="mixed precision (autocast)")
@@ -279,7 +291,8 @@ def prepare_output_dir(root: Path) -> None:
 
 def weights_are_finite(model: SamLung) -> bool:
     """Whether every trainable tensor is finite on every rank (a collective: all ranks call it)."""
-    tensors = [t for t in model.trainable_state_dict().values() if t.is_floating_point()]
+    tensors = [*model.trainable_parameters(),
+               *(t for t in model.trainable_state_dict().values() if t.is_floating_point())]
     bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).sum().to(torch.float64).reshape(1)
     return all_reduce_sum(bad).item() == 0
 
@@ -306,6 +319,46 @@ def build_model(args: argparse.Namespace, num_classes: int, tile_size: int | Non
         logger.warning(f"model: {args.preset} with a random encoder (no --sam-weights); "
                        "its checkpoints include the encoder")
     return model
+
+
+def choose_tune(args: argparse.Namespace, model: SamLung, logger) -> str:
+    """The ``--tune`` mode of this run; the log says why when it is the default.
+
+    A resumed run keeps the mode it was trained with (another one is a usage error); a new run
+    takes ``--tune`` or the model's default (:attr:`SamLungConfig.default_tune`).
+    """
+    config = model.config
+    if args.resume:
+        trained = config.tune or "mona"  # checkpoints from before --tune trained the adapters and head
+        if args.tune not in (None, trained):
+            raise UsageError(f"{args.resume}: the run was trained with --tune {trained} and resumes only with it "
+                             f"(to switch, start a new run from it: --init-checkpoint {args.resume} "
+                             f"--tune {args.tune})")
+        if args.tune is None:
+            logger.info(f"--tune {trained}: the mode of the run being resumed")
+        return trained
+    if args.tune is not None:
+        if args.tune != "full" and config.encoder_weights == "random":
+            logger.warning(f"--tune {args.tune} on an encoder without pretrained weights: it stays random "
+                           "(--tune full trains it too)")
+        return args.tune
+    reasons = {"random": "the encoder has no pretrained weights (no --sam-weights), so the whole network trains",
+               "sam": "Mona adapters and head on the official SAM encoder",
+               "trained": "the encoder was trained as a whole before, so it goes on training"}
+    mode = config.default_tune
+    logger.info(f"--tune {mode} by default: {reasons[config.encoder_weights]}")
+    return mode
+
+
+def parameter_groups(model: SamLung, lr: float, encoder_lr_scale: float) -> list[dict]:
+    """The optimizer's groups: the encoder's own weights (trained under --tune full only) at
+    ``lr * encoder_lr_scale``, so that a few steps on a few tiles do not wreck its features; the
+    adapters and the head at ``lr``."""
+    parts = {id(p) for _, module in model.trainable_modules() for p in module.parameters()}
+    trainable = model.trainable_parameters()
+    encoder = [p for p in trainable if id(p) not in parts]
+    groups = [{"params": [p for p in trainable if id(p) in parts], "lr": lr}]
+    return groups + ([{"params": encoder, "lr": lr * encoder_lr_scale}] if encoder else [])
 
 
 def weights_digest(model: SamLung) -> str:
@@ -392,10 +445,11 @@ def train(args: argparse.Namespace, dist: DistInfo, folder: RunFolder, logger, m
     mpp = args.mpp if args.mpp is not None else data.mpp
     if mpp is not None:
         model.config = dataclasses.replace(model.config, mpp=mpp)
+    model.set_tune(choose_tune(args, model, logger))
     include_encoder = args.sam_weights is None  # then the checkpoints must carry the encoder
     seed_everything(args.seed + dist.rank)  # same initial weights everywhere, different dropout per rank
     model.to(device)
-    if args.checkpointing:
+    if args.checkpointing or model.config.tune == "full":  # the whole encoder's activations: recomputed
         model.set_block_checkpointing(True)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -406,8 +460,8 @@ def train(args: argparse.Namespace, dist: DistInfo, folder: RunFolder, logger, m
                                      else "single process; plain BatchNorm is the same"))
     if args.compile:
         model.compile_blocks()
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(parameter_groups(model, args.lr, args.encoder_lr_scale), lr=args.lr,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
     ddp_model = model
     if dist.enabled:
         # DDP warns when a gradient's strides differ from its bucket's; ours differ only along
@@ -417,7 +471,9 @@ def train(args: argparse.Namespace, dist: DistInfo, folder: RunFolder, logger, m
         ddp_model = DistributedDataParallel(model, device_ids=device_ids)
     trainable = sum(p.numel() for p in model.trainable_parameters())
     total = sum(p.numel() for p in model.parameters())
-    logger.info(f"trainable parameters: {trainable / 1e6:.2f} M of {total / 1e6:.2f} M; "
+    if model.config.tune == "full":
+        logger.info(f"--tune full: the encoder at {args.encoder_lr_scale:g} of --lr, its blocks recomputed in backward")
+    logger.info(f"trainable parameters (--tune {model.config.tune}): {trainable / 1e6:.2f} M of {total / 1e6:.2f} M; "
                 f"{dist.world_size} process(es) on {device.type}")
 
     # ---- loaders

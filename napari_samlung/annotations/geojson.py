@@ -13,6 +13,12 @@ or given to the wrong polygon. Rings run along pixel edges (exact areas), except
 where two pixels touch only diagonally is cut by half a pixel, so no ring touches itself.
 Simplification (Douglas-Peucker, ~1 px) keeps files small; it rarely but possibly lets a thin
 hole touch its exterior, which QuPath tolerates.
+
+Measurements go where QuPath (0.4 and later) reads and writes them, ``properties.measurements``,
+a JSON object of name -> number: every class feature its own area (``Area µm^2``, of the polygons
+as written; only when the slide's microns per pixel are known), and the tumour feature of a
+whole-map export the slide's tumour burden (:mod:`~napari_samlung.results.burden`, exact on the
+class map's finest level) while the class map's stored figures are current.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from scipy import ndimage
 from skimage import measure
 
 from napari_samlung.geometry import Box, intersect
+from napari_samlung.results import burden
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.files import remove_leftovers, write_json_atomic
-from napari_samlung.labels import class_color, class_name
+from napari_samlung.labels import TUMOR, class_color, class_name
 
 #: Longest side, in pixels, of the image traced by default: bounds memory and time on whole slides.
 MAX_TRACE_SIZE = 8192
@@ -122,7 +129,10 @@ def classmap_to_geojson(
         transform = ((ky0 * size, kx0 * size), size)
         for value in traced:
             traced[value] += [(p, transform) for p in trace_mask(labels == value, tolerance)]
-    features = _class_features(traced, classmap.num_classes, classmap.meta.get("class_names"))
+    slide_mpp = (classmap.meta.get("slide") or {}).get("mpp")
+    figures = burden.stored(classmap) if regions is None else None
+    features = _class_features(traced, classmap.num_classes, classmap.meta.get("class_names"), slide_mpp,
+                               {TUMOR: burden_measurements(figures)} if figures is not None else None)
     if reviewed_boxes:
         features += [_rectangle_feature(classmap, record) for record in classmap.reviewed]
     collection = {"type": "FeatureCollection", "features": features}
@@ -245,7 +255,24 @@ def _coordinates(ring: Ring, transform: tuple[tuple[float, float], float]) -> li
     return points.tolist()
 
 
-def _class_features(traced: dict[int, list], num_classes: int, class_names: dict[str, str] | None) -> list[dict]:
+def burden_measurements(figures: burden.Burden) -> dict[str, float]:
+    """A slide's tumour burden as QuPath measurements (figures that are unknown are left out)."""
+    named = {
+        "Tumour area mm^2": figures.tumour_mm2,
+        "Tissue area mm^2": figures.tissue_mm2,
+        "Tumour % of tissue": None if figures.tumour_fraction is None else 100 * figures.tumour_fraction,
+        f"Tumour regions >= {figures.min_region_area_mm2:g} mm^2": figures.regions,
+        "Segmented % of tissue": None if figures.segmented_fraction is None else 100 * figures.segmented_fraction,
+    }
+    return {name: value if isinstance(value, int) else float(f"{value:.7g}")  # 7 digits: tidy, exact enough
+            for name, value in named.items() if value is not None}
+
+
+def _class_features(traced: dict[int, list], num_classes: int, class_names: dict[str, str] | None,
+                    slide_mpp: float | None = None,
+                    extra: dict[int, dict[str, float]] | None = None) -> list[dict]:
+    """One feature per class with polygons; with ``slide_mpp`` (microns per level-0 pixel) each
+    carries its area, and ``extra`` adds measurements by class value."""
     features = []
     for value, polygons in traced.items():
         if not polygons:
@@ -253,7 +280,15 @@ def _class_features(traced: dict[int, list], num_classes: int, class_names: dict
         name = (class_names or {}).get(str(value)) or class_name(value, num_classes)
         geometry = {"type": "MultiPolygon",
                     "coordinates": [[_coordinates(r, t) for r in polygon] for polygon, t in polygons]}
-        features.append(_feature(geometry, name, class_color(value)))
+        feature = _feature(geometry, name, class_color(value))
+        measurements = {}
+        if slide_mpp is not None:
+            pixels = sum(_signed_area(r) * t[1] ** 2 for polygon, t in polygons for r in polygon)
+            measurements["Area µm^2"] = round(pixels * float(slide_mpp) ** 2, 2)
+        measurements.update((extra or {}).get(value, {}))
+        if measurements:
+            feature["properties"]["measurements"] = measurements
+        features.append(feature)
     return features
 
 

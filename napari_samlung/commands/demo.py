@@ -4,7 +4,8 @@
 2. segment it with an untrained ``tiny`` SAM-Lung model;
 3. play the pathologist: correct one region from the known truth, through a review draft;
 4. export the reviewed region as a training set;
-5. fine-tune on it with two DDP processes (torchrun, gloo), starting from the first checkpoint;
+5. fine-tune on it with two DDP processes (torchrun, gloo), starting from the first checkpoint, with
+   the program's default ``--tune``: the whole network, since the tiny model's encoder is random;
 6. segment again with the fine-tuned checkpoint and report Dice against the truth before and after,
    on the whole slide and on the part nobody corrected.
 

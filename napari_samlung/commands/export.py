@@ -4,6 +4,10 @@ It also lists the reviewed regions and removes one (``--remove-reviewed ID``): t
 no longer exported as training data nor protected from later segmentations; its pixels keep the
 correction until the area is segmented again. Removal takes the results folder's write lock.
 
+The GeoJSON's tumour feature carries the slide's tumour burden as QuPath measurements: figures
+stored in the class map are measured again first when a change made them out of date (a results
+folder that another process is writing is exported without them, with a note).
+
 Bad input raises an :class:`~napari_samlung.annotations.errors.ExportError` (or another
 :class:`~napari_samlung.errors.SamLungError`) whose one-line message names the path.
 """
@@ -19,8 +23,10 @@ from napari_samlung.annotations.errors import ExportError
 from napari_samlung.annotations.geojson import classmap_to_geojson
 from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
 from napari_samlung.annotations.training_set import export_training_set
+from napari_samlung.commands.wording import note
+from napari_samlung.results import burden
 from napari_samlung.results.classmap import ClassMap
-from napari_samlung.results.lock import writing
+from napari_samlung.results.lock import Busy, writing
 from napari_samlung.slide import SlideError, open_slide
 
 DESCRIPTION = "Export a slide's class map and reviewed regions; list or remove reviewed regions."
@@ -90,9 +96,11 @@ def run(args: argparse.Namespace) -> int:
             raise ExportError(f"{exc} (the slide can be given with --slide)") from None
         print(f"wrote {out} ({bar.n} tiles)")
     if args.geojson is not None:
-        collection = classmap_to_geojson(classmap, args.geojson, reviewed_only=args.reviewed_only,
+        figures = None if args.reviewed_only else _current_burden(args.results)
+        collection = classmap_to_geojson(ClassMap.open(args.results), args.geojson, reviewed_only=args.reviewed_only,
                                          reviewed_boxes=args.reviewed_only)
-        print(f"wrote {args.geojson} ({len(collection['features'])} annotations)")
+        print(f"wrote {args.geojson} ({len(collection['features'])} annotations)"
+              + (f"\n  {figures.line()}" if figures is not None else ""))
     if args.label_tiff is not None:
         with tqdm(desc="label TIFF", unit="tile", leave=False) as bar:
             classmap_to_label_tiff(classmap, args.label_tiff, progress=_bar_callback(bar))
@@ -114,6 +122,15 @@ def _remove_reviewed(root: Path, ids: list[str]) -> None:
         for region_id in dict.fromkeys(ids):
             classmap.remove_reviewed(region_id)
             print(f"removed reviewed region {region_id} from {root}")
+
+
+def _current_burden(root: Path) -> burden.Burden | None:
+    """The tumour burden, measured again if out of date; None while another process writes."""
+    try:
+        return burden.current(root)
+    except Busy as exc:
+        note("export", f"{exc}; the GeoJSON is written without the tumour burden")
+        return None
 
 
 def _reviewed_listing(classmap: ClassMap) -> str:

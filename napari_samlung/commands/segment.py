@@ -10,6 +10,10 @@ Under torchrun each rank takes its share of the slides (``slides[rank::world]``)
 SIGTERM keeps the finished tiles; the line printed says how many and that rerunning resumes.
 A complete class map is skipped, but its label TIFF and GeoJSON are written again when they are
 missing or older than the class map (an interrupted export, a review applied since).
+
+Each segmented slide's tumour burden (:mod:`~napari_samlung.results.burden`) is measured into its
+metadata before the exports (so the GeoJSON carries it), printed under its summary line, and
+merged into the summary table (``OUT_DIR/summary.csv`` with ``-o``, or ``--summary FILE``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm import tqdm
 
 from napari_samlung.annotations.geojson import classmap_to_geojson
 from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
+from napari_samlung.commands.summary import add_min_region_area, check_table_path, merge_table, table_row
 from napari_samlung.commands.options import (
     add_model_arguments,
     non_negative_int,
@@ -48,6 +53,7 @@ from napari_samlung.inference.engine import (
 )
 from napari_samlung.inference.models import load_predictor, model_spec
 from napari_samlung.inference.predictor import TilePredictor, resolve_device
+from napari_samlung.results import burden
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.results.folders import check_results_folder, choose_results, slide_stem
 from napari_samlung.results.lock import writing
@@ -89,7 +95,8 @@ class Job:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``samlung segment``."""
     parser.add_argument("slides", nargs="+", metavar="SLIDE",
-                        help="slide files (svs, ndpi, tif/tiff, ome.tif, png, jpg)")
+                        help="slide files or folders (svs, ndpi, tif/tiff, ome.tif, DICOM file or folder, "
+                             "mrxs, scn, bif, vms, OME-Zarr folder, png, jpg)")
     parser.add_argument("-o", "--output", metavar="OUT_DIR",
                         help="an existing folder for the results (default: next to each slide, or a per-user "
                              "folder when that is read-only); one <name>.samlung folder per slide")
@@ -117,6 +124,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, help="tile-reading threads (default: CPU count, at most 8)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder blocks (faster on GPUs)")
     parser.add_argument("--no-export", action="store_true", help="write the class map only (no label TIFF / GeoJSON)")
+    add_min_region_area(parser)
+    parser.add_argument("--summary", type=Path, metavar="FILE.csv",
+                        help="merge each slide's tumour burden into this table (default: OUT_DIR/summary.csv "
+                             "with -o; none without)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     spec = model_spec(args.checkpoint, args.preset, args.num_classes)
     if args.output is not None:
         check_results_folder(args.output)
+    table = _table(args)
     region = _region(args.region)
     failures = _Failures()
     jobs: list[Job] = []
@@ -137,10 +149,24 @@ def run(args: argparse.Namespace) -> int:
     if jobs and not args.dry_run:
         predictor = load_predictor(args.checkpoint, args.sam_weights, args.preset, args.num_classes,
                                    device=device, compile=args.compile)
+        merged = 0
         for job in jobs:
             with failures.guard():
-                _segment_slide(job, predictor, params, args, region)
+                row = _segment_slide(job, predictor, params, args, region)
+                if table is not None and row is not None:
+                    merge_table(table, [row])  # slide by slide: the table is current however far a batch gets
+                    merged += 1
+        if merged:
+            print(f"tumour burden of {merged} slide{'s' if merged != 1 else ''} in {table}")
     return EXIT_FAILURES if failures.count else 0
+
+
+def _table(args: argparse.Namespace) -> Path | None:
+    """The summary table the slides' rows go into, checked before any work."""
+    table = args.summary or (Path(args.output) / "summary.csv" if args.output is not None else None)
+    if table is not None:
+        check_table_path(table)
+    return table
 
 
 def _params(args: argparse.Namespace) -> SegmentationParams:
@@ -157,8 +183,8 @@ def _my_slides(names: list[str]) -> list[Path]:
     """This rank's share of the slides, once all of them are known to exist."""
     slides = [Path(s) for s in names]
     for path in slides:
-        if not path.is_file():
-            raise SlideError(path, "no such file")
+        if not path.exists():  # DICOM series and OME-Zarr images are folders
+            raise SlideError(path, "no such file or folder")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return slides[rank::world]
 
@@ -270,27 +296,51 @@ def _duration(seconds: float) -> str:
 
 
 def _segment_slide(job: Job, predictor: TilePredictor, params: SegmentationParams, args: argparse.Namespace,
-                   region: Box | None) -> None:
-    """Segment one planned slide, export it unless asked not to, and say what was done."""
+                   region: Box | None) -> dict | None:
+    """Segment one planned slide, measure its tumour burden, export it unless asked not to, and say
+    what was done; its row of the summary table (None when it was not measured)."""
     with open_slide(job.path, mpp=args.mpp) as slide:
         try:
             with tqdm(desc=job.path.name, unit="tile", dynamic_ncols=True, disable=None) as bar:
                 result = segment(slide, predictor, job.root, params, region=region, overwrite=args.overwrite,
                                  progress=_bar_update(bar))
         except AlreadyComplete as exc:
-            _complete(job, exc, args.no_export)
-            return
+            figures = _measure(job, slide, args, fresh=False)
+            _complete(job, exc, args.no_export, figures)
+            return table_row(job.root, figures)
         except KeyboardInterrupt as stop:
             stop.add_note(_kept(slide, job, predictor, params, region))
             raise
+        if result.status != "complete":
+            return None
+        figures = _measure(job, slide, args, fresh=True)
     for text in result.plan.notes:
         if text not in job.notes:
             note("segment", text)
     exported = [] if args.no_export else _export(job)
     tiles = result.tiles
     print(f"{job.path.name}: {tiles.get('model', 0)} tiles segmented, {tiles.get('background', 0)} without tissue "
-          f"skipped, {tiles.get('done', 0)} resumed, {result.seconds:.1f} s -> {job.root}"
+          f"skipped, {tiles.get('done', 0)} resumed, {result.seconds:.1f} s -> {job.root}\n  {figures.line()}"
           + "".join(f"\n  {p}" for p in exported))
+    return table_row(job.root, figures)
+
+
+def _measure(job: Job, slide, args: argparse.Namespace, fresh: bool) -> burden.Burden:
+    """The slide's tumour burden, stored in its metadata: measured now after a run (``fresh``), else
+    the stored figures while they are current."""
+    with tqdm(desc=f"{job.path.name}: tumour burden", unit="chunk", leave=False, disable=None) as bar:
+        progress = _bar_callback(bar)
+        if fresh:
+            return burden.update_metadata(job.root, slide, args.min_region_area, progress)
+        return burden.current(job.root, slide, args.min_region_area, progress)
+
+
+def _bar_callback(bar: tqdm):
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return update
 
 
 def _bar_update(bar: tqdm):
@@ -310,14 +360,14 @@ def _kept(slide, job: Job, predictor: TilePredictor, params: SegmentationParams,
             f"{job.root}; rerun the same command to resume")
 
 
-def _complete(job: Job, exc: AlreadyComplete, no_export: bool) -> None:
+def _complete(job: Job, exc: AlreadyComplete, no_export: bool, figures: burden.Burden) -> None:
     """A complete class map: skipped, but its exports are written when missing or out of date."""
     if no_export or not _exports_stale(job.root):
-        print(f"samlung segment: {exc.worded(option_name)}; skipped")
+        print(f"samlung segment: {exc.worded(option_name)}; skipped\n  {figures.line()}")
         return
     exported = _export(job)
     print(f"{job.path.name}: already complete; its label TIFF and GeoJSON were missing or older than the class "
-          f"map and are written again" + "".join(f"\n  {p}" for p in exported))
+          f"map and are written again\n  {figures.line()}" + "".join(f"\n  {p}" for p in exported))
 
 
 def _export_paths(root: Path) -> list[Path]:

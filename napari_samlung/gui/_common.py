@@ -15,9 +15,10 @@ from napari.utils.notifications import ErrorNotification, notification_manager, 
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
-from napari_samlung.errors import user_error
+from napari_samlung.errors import SamLungError, user_error
 from napari_samlung.gui.bug_log import log_bug
 from napari_samlung.gui.state import WidgetState
+from napari_samlung.results import burden
 
 # napari imports these on the main thread when it makes the first labels or shapes layer (pandas for
 # the layer's features: 0.4-1.6 s, the viewer frozen when a run's first labels appear)
@@ -189,3 +190,21 @@ def warm_imports(names: tuple[str, ...] = WARM_IMPORTS) -> threading.Thread:
     thread = threading.Thread(target=load, name="samlung-warm-imports", daemon=True)
     thread.start()
     return thread
+
+
+class _Stopped(Exception):
+    """Measuring the tumour burden was cancelled."""
+
+
+def measure_burden(root, slide=None, cancel: threading.Event | None = None) -> None:
+    """Worker side: measure the tumour burden again after the labels changed (stored figures that
+    still hold are kept). Cancel, another writer or a damaged chunk leave the figures marked out of
+    date, which the Segment panel says; the change itself stands either way."""
+    def check(done: int, total: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise _Stopped
+
+    try:
+        burden.current(root, slide, progress=check)
+    except (_Stopped, SamLungError):
+        pass

@@ -1,9 +1,14 @@
-"""The "Export" panel: reviewed regions to a training set, the class map to GeoJSON and label TIFF.
+"""The "Export" panel: reviewed regions to a training set, the class map to GeoJSON and label TIFF;
+and the way back in, "Import annotations..." (QuPath GeoJSON or a label image as reviewed regions).
 
 Empty paths mean the defaults inside the slide's result folder. Every export runs in a worker
 and is written atomically by the annotations module. The status line says the outcome of the last
-export (done: the file, or failed: why), never an earlier one's file; a new current slide clears it
-and the GeoJSON and label TIFF paths, which name one slide's files.
+export or import (done: the file, or failed: why), never an earlier one's file; a new current slide
+clears it and the GeoJSON and label TIFF paths, which name one slide's files.
+
+An import into a slide without results makes them where a segmentation would (the results folder
+chosen in the widget, else beside the slide), with a class map at the chosen checkpoint's
+resolution (else the vit_b preset's), every pixel "not reviewed" until imported.
 """
 
 from __future__ import annotations
@@ -12,16 +17,33 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Generator, Mapping
 
-from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
 
 from napari_samlung.annotations.geojson import classmap_to_geojson
+from napari_samlung.annotations.importing import (
+    Imported,
+    Target,
+    create_unreviewed,
+    read_annotations,
+    slide_record,
+    write_imported,
+)
 from napari_samlung.annotations.label_tiff import classmap_to_label_tiff
 from napari_samlung.annotations.training_set import export_training_set
-from napari_samlung.gui._common import PathEdit, describe
-from napari_samlung.gui._viewer import SlideContext, UserError
+from napari_samlung.gui._common import PathEdit, describe, measure_burden
+from napari_samlung.gui._viewer import SlideContext, UserError, show_reviewed
 from napari_samlung.gui.state import TRAINING_SET
+from napari_samlung.inference.engine import SegmentationParams, plan_segmentation
+from napari_samlung.inference.models import model_spec
+from napari_samlung.model.checkpoint import read_checkpoint
+from napari_samlung.model.config import SamLungConfig
 from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.folders import choose_results
+
+IMPORT_FILTER = ("Annotations (*.geojson *.json *.png *.tif *.tiff);;GeoJSON (*.geojson *.json);;"
+                 "Label images (*.png *.tif *.tiff)")
+DEFAULT_PRESET = "vit_b"  # the resolution of new results when no checkpoint is chosen
 
 if TYPE_CHECKING:
     from napari_samlung.gui._panel import Host
@@ -48,6 +70,10 @@ class ExportPanel(QGroupBox):
         self.geojson_button.clicked.connect(self.export_geojson)
         self.tiff_button = QPushButton("Label TIFF")
         self.tiff_button.clicked.connect(self.export_label_tiff)
+        self.import_button = QPushButton("Import annotations...")
+        self.import_button.setToolTip("QuPath GeoJSON or a label image (PNG/TIFF mask, the label TIFF) into the "
+                                      "slide's results as reviewed regions")
+        self.import_button.clicked.connect(self.choose_import)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form = QFormLayout(self)
@@ -58,6 +84,7 @@ class ExportPanel(QGroupBox):
         for button in (self.set_button, self.geojson_button, self.tiff_button):
             row.addWidget(button)
         form.addRow("Export", row)
+        form.addRow("Import", self.import_button)
         form.addRow(self.status)
 
     def slide_changed(self) -> None:
@@ -97,6 +124,36 @@ class ExportPanel(QGroupBox):
             if started is not None:
                 self._say(f"exporting the {what} to {target}")
 
+    def choose_import(self) -> None:
+        """Ask for a GeoJSON file or a label image, then import it."""
+        path, _ = QFileDialog.getOpenFileName(self, "Import annotations", "", IMPORT_FILTER)
+        if path:
+            self.import_file(Path(path))
+
+    def import_file(self, path: Path) -> None:
+        """Import ``path`` (GeoJSON by its extension, else a label image) into the current slide's
+        results in a worker; nothing is written unless the whole file passes its checks."""
+        with self.host.user_errors(on_error=self._failed):
+            slide = self.host.current_slide()
+            if not Path(path).is_file():
+                raise UserError(f"{path}: no such file")
+            root, notice = choose_results(slide.path, self.host.state.project_dir or None)
+            if notice:
+                show_warning(notice)
+            checkpoint = self.host.state.checkpoint.strip() or None
+            job = self.host.start_job(import_job, self.host.slide_for(slide), Path(path), root, checkpoint,
+                                      description="Importing annotations", on_done=partial(self._imported, slide),
+                                      on_error=self._failed)
+            if job is not None:
+                self._say(f"importing {Path(path).name}")
+
+    def _imported(self, slide: SlideContext, outcome: tuple[ClassMap, str]) -> None:
+        cm, message = outcome
+        self.host.results_written(slide, cm.root, now=True)
+        show_reviewed(self.host.viewer, slide, cm)
+        self._say(f"done: {message}")
+        show_info(message)
+
     def _exported(self, what: str, path: Path) -> None:
         self._say(f"done: {what} written to {path}")
         show_info(f"{what} written to {path}")
@@ -129,3 +186,40 @@ def label_tiff_job(cm: ClassMap, path: Path, cancel) -> Generator:
     yield "Writing the label TIFF"
     return classmap_to_label_tiff(cm, path)
 
+
+
+def import_job(slide, path: Path, root: Path, checkpoint: str | None, cancel) -> Generator:
+    """Worker: check ``path`` against the slide's results (or new ones, made only once the file
+    passed), then write it; returns the class map and a line saying what was imported."""
+    yield f"Checking {path.name}"
+    if ClassMap.exists(root):
+        cm = ClassMap.open(root, mode="r+")
+        target = Target.of(cm, tuple(tuple(s) for s in slide.level_shapes))
+        imported = read_annotations(path, target)
+    else:
+        target, model = _new_target(slide, checkpoint)
+        imported = read_annotations(path, target)
+        cm = create_unreviewed(root, target, model=model,
+                               slide=slide_record(slide.path, slide.name, slide.format, slide.shape, slide.mpp))
+    yield "Writing the labels"
+    write_imported(cm, imported, what="napari-samlung (importing annotations)")
+    yield "Measuring the tumour burden"
+    measure_burden(cm.root, slide, cancel)
+    return cm, _import_message(imported, target)
+
+
+def _new_target(slide, checkpoint: str | None) -> tuple[Target, dict]:
+    """The class map new results get: the checkpoint's resolution and classes (else the default preset's)."""
+    spec = model_spec(checkpoint, None if checkpoint else DEFAULT_PRESET)
+    plan = plan_segmentation(slide, spec, SegmentationParams())
+    num_classes = (int(SamLungConfig.from_dict(read_checkpoint(Path(checkpoint), mmap=True)["config"]).num_classes)
+                   if checkpoint else 1)
+    model = {"preset": spec.preset, "mpp": plan.target_mpp, "tile": plan.tile, "num_classes": num_classes}
+    if checkpoint:
+        model["checkpoint"] = str(Path(checkpoint).resolve())
+    return Target.fresh(slide, plan.shape, plan.scale, num_classes), model
+
+
+def _import_message(imported: Imported, target: Target) -> str:
+    """What was imported, with the notes (repairs, assumed reviewed region) after it."""
+    return "; ".join([f"imported {imported.message(target)}", *imported.notes])

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Mapping
 
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSpinBox
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+)
 
 from napari_samlung.annotations.training_set import export_training_set
 from napari_samlung.data import read_export_set
@@ -32,19 +41,31 @@ if TYPE_CHECKING:
     from napari_samlung.gui._panel import Host
 
 LOG_LINES = 2000
+#: The "What trains" choices: label -> samlung-finetune's --tune (None: the program's default).
+TUNE_CHOICES: Mapping[str, str | None] = {"Default": None, "Mona adapters": "mona", "Whole network": "full",
+                                          "Head only": "head"}
+TUNE_TIP = ("Default: Mona adapters and head on the official SAM encoder, the whole network where the encoder "
+            "has no pretrained weights (or was trained whole before).\n"
+            "Mona adapters: the adapters and the head train (the paper's method; small checkpoints).\n"
+            "Whole network: every weight trains (slower; the checkpoint carries the encoder).\n"
+            "Head only: the head alone trains (fastest).")
 
 
 class FinetunePanel(QGroupBox):
     """Training settings, the run's log, and the new checkpoint (offered through the widget's state)."""
 
-    FIELDS: ClassVar[Mapping[str, str]] = {"epochs": "Epochs", "max_steps_per_epoch": "Steps per epoch",
-                                           "batch_size": "Batch size", "nproc": "Processes"}
+    FIELDS: ClassVar[Mapping[str, str]] = {"tune": "What trains", "epochs": "Epochs",
+                                           "max_steps_per_epoch": "Steps per epoch", "batch_size": "Batch size",
+                                           "nproc": "Processes"}
 
     def __init__(self, host: Host):
         super().__init__("Fine-tune on corrections")
         self.host = host
         self.job: Job | None = None
         self.new_checkpoint: Path | None = None
+        self.tune = QComboBox()
+        self.tune.addItems(list(TUNE_CHOICES))
+        self.tune.setToolTip(TUNE_TIP)
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
         self.epochs.setValue(5)
@@ -71,7 +92,7 @@ class FinetunePanel(QGroupBox):
         self.log.setMaximumBlockCount(LOG_LINES)
         self.log.setMinimumHeight(80)
         form = QFormLayout(self)
-        for param, box in (("epochs", self.epochs), ("max_steps_per_epoch", self.max_steps),
+        for param, box in (("tune", self.tune), ("epochs", self.epochs), ("max_steps_per_epoch", self.max_steps),
                            ("batch_size", self.batch_size), ("nproc", self.processes)):
             form.addRow(self.FIELDS[param], box)
         row = QHBoxLayout()
@@ -110,7 +131,7 @@ class FinetunePanel(QGroupBox):
                 output_dir=cm.root / "finetune" / time.strftime("%Y%m%d-%H%M%S"), sam_weights=sam_weights,
                 epochs=self.epochs.value(), max_steps_per_epoch=self.max_steps.value() or None,
                 batch_size=self.batch_size.value(), device=device, nproc=self.processes.value(),
-                workers=0 if resolve_device(device).type == "cpu" else 4)
+                workers=0 if resolve_device(device).type == "cpu" else 4, tune=TUNE_CHOICES[self.tune.currentText()])
             self.log.clear()
             self.summary.setText("exporting the reviewed regions")
             self.use_button.setEnabled(False)

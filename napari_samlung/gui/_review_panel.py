@@ -12,6 +12,10 @@ segmented is asked about first, since applying it marks all of it as reviewed an
 leave it as it is. A reviewed region can be taken off the record again ("Remove reviewed region");
 its pixels stay. "Outlines" shows the class map as class outlines, which read on H&E. The status
 line says the outcome of the last action and is cleared when the current slide changes.
+
+"Next suggestion" points the view at the segmented field (one model tile) with the lowest mean
+confidence that is neither reviewed nor open in a draft, and opens a review draft there; the
+ranking is made again at every press, so applied and open reviews leave it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from qtpy.QtWidgets import (
 
 from napari_samlung.errors import SamLungError
 from napari_samlung.geometry import Box, intersect
-from napari_samlung.gui._common import describe
+from napari_samlung.gui._common import describe, measure_burden
 from napari_samlung.gui._viewer import (
     SlideContext,
     UserError,
@@ -49,8 +53,10 @@ from napari_samlung.gui._viewer import (
     visible_box,
 )
 from napari_samlung.gui.layers import DRAFT_ID, RESULTS, ROLE, draft_layer
+from napari_samlung.inference.suggestions import Field, ranked_fields
 from napari_samlung.labels import TUMOR
 from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.confidence import ConfidenceMap, ConfidenceMissing
 from napari_samlung.results.drafts import MAX_REVIEW_SIDE, Draft, list_drafts, open_draft, start_review
 
 if TYPE_CHECKING:
@@ -86,6 +92,11 @@ class ReviewPanel(QGroupBox):
                                       "they are, but later segmentation runs may change them")
         self.remove_button.setEnabled(False)
         self.remove_button.clicked.connect(self.remove_region)
+        self.next_button = QPushButton("Next suggestion")
+        self.next_button.setToolTip("Go to the segmented field where the model was least sure that is not "
+                                    "reviewed yet, and open a review there (the confidence layer shows "
+                                    "where the model was unsure)")
+        self.next_button.clicked.connect(self.next_suggestion)
         self.outlines = QCheckBox("Outlines")
         self.outlines.setToolTip("Show the segmentation as class outlines, which read better on H&E")
         self.outlines.toggled.connect(self.show_outlines)
@@ -93,7 +104,7 @@ class ReviewPanel(QGroupBox):
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         for widgets in ((self.review_button, self.apply_button, self.discard_button, self.resume_button),
-                        (self.regions, self.remove_button), (self.outlines,)):
+                        (self.regions, self.remove_button), (self.next_button, self.outlines)):
             row = QHBoxLayout()
             for widget in widgets:
                 row.addWidget(widget)
@@ -186,6 +197,45 @@ class ReviewPanel(QGroupBox):
         self._say(f"reviewing {draft.box[3]} x {draft.box[2]} px: paint, fill or erase, "
                   "then Apply or Discard")
 
+    # -- where to look next -------------------------------------------------------------------
+    def next_suggestion(self) -> None:
+        """Open a review of the least confident field that is not reviewed nor open in a draft."""
+        host = self.host
+        with host.user_errors(on_error=self._failed):
+            slide = host.current_slide()
+            cm = host.classmap(slide, writable=True)
+            try:
+                confidence = ConfidenceMap.open_for(cm)
+            except ConfidenceMissing:
+                raise UserError(f"{slide.name}: its results have no confidence map (made by an earlier version): "
+                                "segment the full slide again with {opt:overwrite} on to make one; reviewed "
+                                "regions stay as they are") from None
+            job = host.start_job(self._suggest, cm, confidence, description="Finding the next field to review",
+                                 on_done=partial(self._suggested, slide), on_error=self._failed)
+            if job is not None:
+                self._say("finding the least confident field not yet reviewed")
+
+    @staticmethod
+    def _suggest(cm: ClassMap, confidence: ConfidenceMap,
+                 cancel) -> Generator[str, None, tuple[Field, int, Draft] | None]:
+        yield "Ranking the fields by confidence"
+        drafts = [draft.box for draft in list_drafts(cm)]
+        fields = [f for f in ranked_fields(cm, confidence) if not any(intersect(f.box, b) for b in drafts)]
+        if not fields:
+            return None
+        yield "Copying the field"
+        return fields[0], len(fields) - 1, start_review(cm, fields[0].box)
+
+    def _suggested(self, slide: SlideContext, outcome: tuple[Field, int, Draft] | None) -> None:
+        if outcome is None:
+            self._say("no suggestion: every segmented field is reviewed or open in a draft")
+            return
+        field, left, draft = outcome
+        frame_rectangle(self.host.viewer, slide.frame.box_to_world_rect(field.box, draft.classmap.scale))
+        self._show_draft(slide, draft)
+        self._say(f"suggested field: mean confidence {field.confidence:.2f} ({left} more after it); paint, "
+                  "fill or erase, then Apply or Discard")
+
     # -- finish -------------------------------------------------------------------------------
     def _active_draft(self):
         """The selected draft layer, else the newest one, with its draft."""
@@ -215,6 +265,8 @@ class ReviewPanel(QGroupBox):
     def _apply(draft: Draft, cancel) -> Generator[str, None, tuple[ClassMap, dict[str, Any]]]:
         yield "Writing into the class map"
         record = draft.apply()
+        yield "Measuring the tumour burden"
+        measure_burden(draft.classmap.root, cancel=cancel)
         return draft.classmap, record  # its record read here, so the main thread reads nothing
 
     def _applied(self, slide: SlideContext, layer, outcome: tuple[ClassMap, dict[str, Any]]) -> None:

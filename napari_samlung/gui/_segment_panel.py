@@ -5,7 +5,9 @@ A press plans before any work: the run's worker makes the plan from the checkpoi
 (:func:`model_spec`, :func:`plan_segmentation`, :func:`count_tiles`) before the model loads, so a
 refused plan costs no model load; the panel shows the plan, and asks before a run of more than
 ``ASK_ABOVE`` model tiles. The status line says the outcome of the last action: done, failed (why),
-cancelled (after how many tiles), and is cleared when the current slide changes.
+cancelled (after how many tiles), and is cleared when the current slide changes. Under it, the
+current slide's tumour burden as stored with its results (measured in the run's worker after a
+run, and by a review's Apply), refreshed whenever a job has written the results.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from qtpy.QtWidgets import (
 
 from napari_samlung.errors import SamLungError, word
 from napari_samlung.geometry import Box, grow, intersect
-from napari_samlung.gui._common import PathEdit, describe
+from napari_samlung.gui._common import PathEdit, describe, measure_burden
 from napari_samlung.gui._viewer import SlideContext, UserError, visible_box
 from napari_samlung.gui.model_cache import check_model_files
 from napari_samlung.inference.engine import (
@@ -52,6 +54,7 @@ from napari_samlung.inference.engine import (
 from napari_samlung.inference.models import model_spec
 from napari_samlung.inference.predictor import resolve_device
 from napari_samlung.inference.stitching import TileKind
+from napari_samlung.results import burden
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.results.folders import choose_results
 from napari_samlung.slide import Slide
@@ -186,6 +189,8 @@ class SegmentPanel(QGroupBox):
         self.plan.setWordWrap(True)
         self.status = QLabel("")  # the outcome of the last action
         self.status.setWordWrap(True)
+        self.burden = QLabel("")  # the current slide's tumour burden
+        self.burden.setWordWrap(True)
 
     def _lay_out(self) -> None:
         form = QFormLayout(self)
@@ -205,6 +210,7 @@ class SegmentPanel(QGroupBox):
         form.addRow(buttons)
         form.addRow(self.plan)
         form.addRow(self.status)
+        form.addRow(self.burden)
 
     def params(self) -> SegmentationParams:
         params = SegmentationParams(
@@ -223,6 +229,22 @@ class SegmentPanel(QGroupBox):
         self.status.setText("")
         self.plan.setText("")
         self.show_slide_mpp()
+        self.show_burden()
+
+    def show_burden(self) -> None:
+        """Show the current slide's tumour burden as stored with its results; say when a change
+        since made it out of date; nothing for a slide without results."""
+        try:
+            cm = self.host.classmap(self.host.current_slide())
+        except (SamLungError, OSError):
+            self.burden.setText("")
+            return
+        figures = burden.stored(cm)
+        if figures is not None:
+            self.burden.setText(figures.line())
+        else:
+            self.burden.setText("Tumour burden: not measured since the last change" if cm.meta.get(burden.META_KEY)
+                                else "")
 
     def show_slide_mpp(self) -> None:
         """Fill the slide's microns per pixel, and say where it came from (or why it is unknown)."""
@@ -298,6 +320,8 @@ class SegmentPanel(QGroupBox):
         region = _with_context(run, spec)
         plan = plan_segmentation(run.slide, spec, run.params, region)  # refused plans end here
         if plan.whole_slide and not run.overwrite and _complete(run.root, plan.shape):
+            yield "Measuring the tumour burden"
+            measure_burden(run.root, run.slide, cancel)  # results made before it was measured, or changed since
             return Outcome(run, skipped="complete")
         predictor = self.host.models.peek(*run.files, run.device)  # loaded: count what is done too
         key = run_key(plan, predictor.info, run.params) if predictor is not None else None
@@ -315,6 +339,9 @@ class SegmentPanel(QGroupBox):
         except AlreadyComplete:
             return Outcome(run, skipped="complete")
         ClassMap.open(run.root, mode="r+").record_slide_mpp(run.slide.mpp, run.slide.mpp_source)
+        if result.status == "complete":
+            yield "Measuring the tumour burden"
+            measure_burden(run.root, run.slide, cancel)
         return Outcome(run, result)
 
     # -- the main thread's side of a run ----------------------------------------------------------

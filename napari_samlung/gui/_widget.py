@@ -21,6 +21,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_samlung.gui._common import Job, report, warm_imports
+from napari_samlung.gui._confidence import show_confidence
 from napari_samlung.gui._export_panel import ExportPanel
 from napari_samlung.gui._finetune_panel import FinetunePanel
 from napari_samlung.gui._reader import prefer_this_reader
@@ -193,6 +194,8 @@ class SamLungWidget(QWidget):
         self._stale.add(key)
         if now:
             self._redraw()
+            show_confidence(self.viewer, slide, ClassMap.open(key))  # a run's end: its confidence is complete
+            self.segment.show_burden()  # a run or an applied review has measured it again
         elif not self._refresh.isActive():
             self._refresh.start()
 
@@ -213,6 +216,7 @@ class SamLungWidget(QWidget):
             cm = ClassMap.open(root)
             show_classmap(self.viewer, slide, cm)
             show_reviewed(self.viewer, slide, cm)
+            show_confidence(self.viewer, slide, cm)
             self._check_chunks(slide, cm)
             drafts = list_drafts(cm)  # the Review panel offers them when the slide is the current one
             if drafts:

@@ -17,18 +17,18 @@ import numpy as np
 from napari_samlung.results.drafts import Draft
 from napari_samlung.geometry import SlideFrame
 from napari_samlung.results.classmap import ClassMap
-from napari_samlung.labels import BACKGROUND, IGNORE, class_color, class_name
+from napari_samlung.results.ome import class_names, label_rgba
+from napari_samlung.labels import IGNORE
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-ROLE = "samlung_role"  # 'slide', 'classmap', 'reviewed' or 'draft'
+ROLE = "samlung_role"  # 'slide', 'classmap', 'confidence', 'reviewed' or 'draft'
 SLIDE_PATH = "samlung_slide"  # the slide file (absolute path), on every layer of the slide
 RESULTS = "samlung_results"  # the result folder of class-map, reviewed and draft layers
 DRAFT_ID = "samlung_draft"
 DRAFT_BOX = "samlung_box"  # a draft's (y, x, h, w) in class-map pixels
 
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
-IGNORE_COLOR = (0.5, 0.5, 0.5, 0.6)
 REVIEWED_EDGE = "yellow"
 CLASSMAP_OPACITY = 0.5  # filled: the tissue shows through
 OUTLINE_OPACITY = 1.0  # outlined: thin lines must be opaque to read on pink and purple H&E
@@ -37,8 +37,13 @@ OUTLINE_WIDTH = 3  # pixels of the level napari shows, so about the same on scre
 
 def slide_frame(slide) -> SlideFrame:
     """World placement of a slide opened on its own: micrometres when its mpp is known."""
-    if slide.mpp:
-        return SlideFrame((slide.mpp, slide.mpp), (0.0, 0.0), ("um", "um"))
+    return mpp_frame(slide.mpp)
+
+
+def mpp_frame(mpp: float | None) -> SlideFrame:
+    """World placement of a slide of ``mpp`` microns per pixel (None: unknown, so pixels)."""
+    if mpp:
+        return SlideFrame((mpp, mpp), (0.0, 0.0), ("um", "um"))
     return SlideFrame()
 
 
@@ -62,19 +67,20 @@ def slide_layer(slide) -> LayerData:
 
 def label_colors(num_classes: int) -> dict[int | None, tuple[float, ...]]:
     """Direct label colours: background transparent, classes as in labels.py, ignore grey."""
-    colors: dict[int | None, tuple[float, ...]] = {None: TRANSPARENT, BACKGROUND: TRANSPARENT,
-                                                   IGNORE: IGNORE_COLOR}
-    for value in range(1, num_classes + 1):
-        colors[value] = (*(c / 255 for c in class_color(value)), 1.0)
+    colors: dict[int | None, tuple[float, ...]] = {None: TRANSPARENT}
+    for value in (*range(num_classes + 1), IGNORE):
+        colors[value] = tuple(c / 255 for c in label_rgba(value))  # as the class map's OME-Zarr metadata
     return colors
 
 
 def class_features(cm: ClassMap) -> dict[str, list]:
     """The class name of each label value as a labels-layer features table: napari's status bar then
     names the class under the cursor ("class: Tumor")."""
-    names = {value: class_name(value, cm.num_classes) for value in range(cm.num_classes + 1)}
-    names.update({int(value): name for value, name in cm.meta.get("class_names", {}).items()})
-    names[IGNORE] = class_name(IGNORE)
+    return features_table(class_names(cm.meta))
+
+
+def features_table(names: dict[int, str]) -> dict[str, list]:
+    """Label value -> class name as a labels-layer features table."""
     values = sorted(names)
     return {"index": values, "class": [names[value] for value in values]}
 
@@ -126,6 +132,33 @@ def classmap_layer(cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLik
     }
     levels = [ShownLevel(level) for level in cm.levels]
     return (levels if kwargs["multiscale"] else levels[0]), kwargs, "labels"
+
+
+#: Confidence as colour: unsure pixels bright green (it reads on pink and purple H&E), fading out
+#: as the model grows sure; not-segmented pixels (0) clear. A napari colormap given as a dict.
+CONFIDENCE_COLORMAP = {
+    "name": "samlung confidence",
+    "colors": [[0.0, 0.0, 0.0, 0.0], [0.1, 1.0, 0.3, 0.9], [0.1, 1.0, 0.3, 0.0]],
+    "controls": [0.0, 1 / 255, 1.0],
+    "interpolation": "linear",
+}
+
+
+def confidence_layer(confidence: ClassMap, cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLike,
+                     name: str) -> LayerData:
+    """The confidence pyramid (``results/confidence.py``) as a multiscale image layer over the slide,
+    hidden until the user turns it on."""
+    kwargs = {
+        "name": f"{name} confidence",
+        "multiscale": len(confidence.levels) > 1,
+        "colormap": CONFIDENCE_COLORMAP,
+        "contrast_limits": (0, 255),
+        "visible": False,
+        "metadata": _tags(cm, slide_path, "confidence"),
+        **_placed(frame, cm.scale),
+    }
+    levels = [ShownLevel(level) for level in confidence.levels]
+    return (levels if kwargs["multiscale"] else levels[0]), kwargs, "image"
 
 
 def reviewed_rectangles(cm: ClassMap, frame: SlideFrame) -> list[list[list[float]]]:

@@ -7,7 +7,9 @@ chunk buffers and writes each chunk (with its pyramid samples) when its last pix
 finished chunk is appended to ``progress.log``, so an interrupted run resumes from there. When a
 run stops early (cancel, Ctrl-C), :meth:`ChunkWriter.close` also writes the rows that are final in
 the chunks still being filled, and records them as ``PREFIX-rows Y``: every pixel above row ``Y``
-is final, so nothing but the row of tiles in flight is lost. Pixels
+is final, so nothing but the row of tiles in flight is lost. Given a confidence map, each chunk's
+confidence is written in the same task as its labels, before the chunk is logged, so what a run
+takes as finished has both. Pixels
 inside reviewed regions keep what the pathologist put there (``protect`` is asked for the
 reviewed boxes again every few seconds; a review cannot be applied while a run holds the results
 folder's lock).
@@ -28,6 +30,7 @@ import torch
 
 from napari_samlung.geometry import Box, intersect
 from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.confidence import ConfidenceMap
 from napari_samlung.inference.stitching import Block
 
 if TYPE_CHECKING:
@@ -132,6 +135,8 @@ class ChunkWriter:
     ``done`` chunks and the rows above ``rows_done`` are final already and are not written. Only
     chunks inside ``settled`` (where this run's pixels equal a whole-map run's) go to the progress
     log; ``log_rows``: the run covers the whole map's width, so its finished rows may be logged.
+    With ``confidence``, the blocks' confidence (``ScoredBlock``) goes there, chunk by chunk with
+    the labels.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class ChunkWriter:
         log_rows: bool = False,
         settled: Box | None = None,
         target: zarr.Array | None = None,  # write here instead of level 0 (raw labels before post-processing)
+        confidence: ConfidenceMap | None = None,
     ):
         self.classmap = classmap
         y, x, h, w = box
@@ -162,12 +168,15 @@ class ChunkWriter:
         self.target = target
         self.log_prefix = log_prefix
         self._log = open(progress_log, "a") if progress_log is not None else None
+        self.confidence = confidence
         self._pyramid = PyramidBuffer(classmap, self.box) if target is None else None
-        if self._pyramid is not None:  # chunks written before an interruption: their coarse samples may be missing
-            for key in self.done:
-                part = intersect(classmap.chunk_box(*key), self.box)
-                if part is not None:
-                    self._pyramid.add(part, classmap.read(part))
+        self._confidence_pyramid = PyramidBuffer(confidence, self.box) if confidence is not None else None
+        for store, pyramid in ((classmap, self._pyramid), (confidence, self._confidence_pyramid)):
+            if pyramid is not None:  # chunks written before an interruption: their coarse samples may be missing
+                for key in self.done:
+                    part = intersect(classmap.chunk_box(*key), self.box)
+                    if part is not None:
+                        pyramid.add(part, store.read(part))
         self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="samlung-write")
         self._writes: list[Future] = []
         self._buffers: dict[ChunkKey, list] = {}
@@ -183,7 +192,9 @@ class ChunkWriter:
     def submit(self, blocks: list[Block]) -> None:
         """Queue finished blocks; the device-to-host copy is started here and awaited in the thread."""
         self._raise_if_failed()
-        tensors = [b.labels for b in blocks if b.labels is not None]
+        scored = self.confidence is not None
+        parts = [(b.labels, getattr(b, "confidence", None) if scored else None) for b in blocks]
+        tensors = [t for pair in parts for t in pair if t is not None]
         host, event = None, None
         if tensors and tensors[0].device.type == "cuda":  # one copy per batch, awaited in the thread
             flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -198,7 +209,8 @@ class ChunkWriter:
             flat.record_stream(self._copy_stream)
         elif tensors:
             host = tensors
-        self._queue.put(([(b.box, b.labels is not None) for b in blocks], host, event))
+        self._queue.put(([(b.box, labels is not None, confidence is not None)
+                          for b, (labels, confidence) in zip(blocks, parts)], host, event))
 
     def take_written(self) -> list[Box]:
         """Chunk boxes written since the last call (for live display)."""
@@ -216,15 +228,16 @@ class ChunkWriter:
         self._thread.join()
         partial = self._error is None and bool(self._buffers)
         if partial:
-            for key, (labels, _) in list(self._buffers.items()):
-                self._write_chunk(key, self.classmap.chunk_box(*key), labels, rows=self._rows_in)
+            for key, (labels, confidence, _) in list(self._buffers.items()):
+                self._write_chunk(key, self.classmap.chunk_box(*key), labels, confidence, rows=self._rows_in)
             self._buffers.clear()
         self._pool.shutdown(wait=True)
         for write in self._writes:
             if write.exception() is not None and self._error is None:
                 self._error = write.exception()
-        if self._error is None and self._pyramid is not None:
-            self._pyramid.flush()
+        for pyramid in (self._pyramid, self._confidence_pyramid):
+            if self._error is None and pyramid is not None:
+                pyramid.flush()
         if self._log is not None:
             if partial and self._error is None and self.log_rows:
                 self._log.write(f"{self.log_prefix}-rows {self._rows_in}\n")
@@ -248,26 +261,32 @@ class ChunkWriter:
             except BaseException as exc:  # reported on the main thread
                 self._error = exc
 
-    def _place_all(self, blocks: list[tuple[Box, bool]], host, event) -> None:
-        """``host``: one flat tensor of every block (copied from a GPU) or a list of CPU tensors."""
+    def _place_all(self, blocks: list[tuple[Box, bool, bool]], host, event) -> None:
+        """``host``: one flat tensor of every block's labels and confidence (copied from a GPU) or a
+        list of CPU tensors, in that order."""
         if event is not None:
             event.synchronize()
         flat = host.numpy() if isinstance(host, torch.Tensor) else None
         arrays = iter(host) if isinstance(host, list) else None
         offset = 0
-        for box, has_data in blocks:
-            labels = None
-            if has_data and flat is not None:
-                n = box[2] * box[3]
-                labels = flat[offset:offset + n].reshape(box[2], box[3])
-                offset += n
-            elif has_data:
-                labels = next(arrays).numpy()
-            self._place(box, labels)
+
+        def take(box: Box, present: bool) -> np.ndarray | None:
+            nonlocal offset
+            if not present:
+                return None
+            if flat is None:
+                return next(arrays).numpy()
+            n = box[2] * box[3]
+            offset += n
+            return flat[offset - n:offset].reshape(box[2], box[3])
+
+        for box, has_labels, has_confidence in blocks:
+            labels = take(box, has_labels)
+            self._place(box, labels, take(box, has_confidence))
             if box[1] <= self.box[1] and box[1] + box[3] >= self.box[1] + self.box[3]:  # a full-width block
                 self._rows_in = max(self._rows_in, box[0] + box[2])
 
-    def _place(self, box: Box, labels: np.ndarray | None) -> None:
+    def _place(self, box: Box, labels: np.ndarray | None, confidence: np.ndarray | None = None) -> None:
         for key in self.classmap.chunks_in(box):
             if key in self.done:
                 continue
@@ -279,15 +298,19 @@ class ChunkWriter:
             entry = self._buffers.get(key)
             if entry is None:
                 need = intersect(chunk, self.box)
-                entry = self._buffers[key] = [np.zeros(chunk[2:], np.uint8), need[2] * need[3]]
+                scores = np.zeros(chunk[2:], np.uint8) if self.confidence is not None else None
+                entry = self._buffers[key] = [np.zeros(chunk[2:], np.uint8), scores, need[2] * need[3]]
             y, x, h, w = part
+            into = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
+            source = (slice(y - box[0], y - box[0] + h), slice(x - box[1], x - box[1] + w))
             if labels is not None:
-                entry[0][y - chunk[0]:y - chunk[0] + h, x - chunk[1]:x - chunk[1] + w] = \
-                    labels[y - box[0]:y - box[0] + h, x - box[1]:x - box[1] + w]
-            entry[1] -= h * w
-            if entry[1] == 0:
+                entry[0][into] = labels[source]
+            if confidence is not None and entry[1] is not None:
+                entry[1][into] = confidence[source]
+            entry[2] -= h * w
+            if entry[2] == 0:
                 del self._buffers[key]
-                self._write_chunk(key, chunk, entry[0])
+                self._write_chunk(key, chunk, entry[0], entry[1])
 
     def _protected(self) -> list[Box]:
         """Reviewed boxes, re-read every few seconds (applying a review waits for the folder's lock,
@@ -297,36 +320,41 @@ class ChunkWriter:
             self._protect_read = time.monotonic()
         return self._protect_boxes
 
-    def _write_chunk(self, key: ChunkKey, chunk: Box, labels: np.ndarray, rows: int | None = None) -> None:
+    def _write_chunk(self, key: ChunkKey, chunk: Box, labels: np.ndarray, confidence: np.ndarray | None,
+                     rows: int | None = None) -> None:
         """Write a chunk's pixels inside the box (with ``rows``: only those above that row; the
-        chunk is then not finished)."""
+        chunk is then not finished), and their confidence when the run keeps it."""
         box = self.box if rows is None else (self.box[0], self.box[1], rows - self.box[0], self.box[3])
         inside = intersect(chunk, box) if box[2] > 0 else None
         if inside is None:
             return
         keep = [b for b in (intersect(chunk, p) for p in self._protected()) if b is not None]
         if inside != chunk or keep:
-            old = self._read(chunk)
-            merged = old.copy()
-            y, x, h, w = inside
-            merged[y - chunk[0]:y - chunk[0] + h, x - chunk[1]:x - chunk[1] + w] = \
-                labels[y - chunk[0]:y - chunk[0] + h, x - chunk[1]:x - chunk[1] + w]
-            for y, x, h, w in keep:  # reviewed pixels stay as the pathologist left them
-                sl = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
-                merged[sl] = old[sl]
-            labels = merged
+            labels = _merged(labels, self._read(chunk), chunk, inside, keep)
+            if confidence is not None:
+                confidence = _merged(confidence, self.confidence.read(chunk), chunk, inside, keep)
         finished = rows is None
+        if confidence is not None:
+            self._confidence_pyramid.add(chunk, confidence)
         if self.target is not None:
             y, x, h, w = chunk
             self.target[y:y + h, x:x + w] = labels
+            if confidence is not None:
+                self.confidence.write_chunk(0, *key, confidence)
             self._finished(key, chunk, finished)
         else:
             self._pyramid.add(chunk, labels)
-            write = self._pool.submit(self.classmap.write_chunk, 0, *key, labels)
+            write = self._pool.submit(self._write_level0, key, labels, confidence)
             write.add_done_callback(
                 lambda f, key=key, chunk=chunk: f.exception() or self._finished(key, chunk, finished))
             self._writes.append(write)
             self._writes = [w for w in self._writes if not w.done() or w.exception()]
+
+    def _write_level0(self, key: ChunkKey, labels: np.ndarray, confidence: np.ndarray | None) -> None:
+        """One chunk's labels and confidence, both on disk before the chunk counts as written."""
+        if confidence is not None:
+            self.confidence.write_chunk(0, *key, confidence)
+        self.classmap.write_chunk(0, *key, labels)
 
     def _finished(self, key: ChunkKey, chunk: Box, finished: bool = True) -> None:
         """A chunk is on disk: log it for resume (when whole and settled), report it for display."""
@@ -343,6 +371,19 @@ class ChunkWriter:
             y, x, h, w = chunk
             return np.asarray(self.target[y:y + h, x:x + w])
         return self.classmap.read(chunk)
+
+
+def _merged(new: np.ndarray, old: np.ndarray, chunk: Box, inside: Box, keep: list[Box]) -> np.ndarray:
+    """A chunk's ``old`` values with ``new`` inside the run's part of it, except in ``keep`` (reviewed
+    pixels stay as the pathologist left them)."""
+    merged = old.copy()
+    y, x, h, w = inside
+    sl = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
+    merged[sl] = new[sl]
+    for y, x, h, w in keep:
+        sl = (slice(y - chunk[0], y - chunk[0] + h), slice(x - chunk[1], x - chunk[1] + w))
+        merged[sl] = old[sl]
+    return merged
 
 
 def remove_progress(path: Path) -> None:

@@ -12,6 +12,11 @@ work. Runs record their settings and what they finished (whole chunks, and on an
 finished rows), so a rerun with the same settings resumes, whether the earlier run was cancelled,
 interrupted or killed. Region runs and whole-slide runs tile on one grid and share finished chunks.
 A complete class map is only recomputed when asked (``overwrite``).
+
+Beside the class map, every run keeps the confidence of each pixel (``results/confidence.py``),
+computed from the blended probabilities before the arg-max and written chunk by chunk with the
+labels. Results made before confidence maps were kept get one on their next run, which then
+segments its whole box again (their finished chunks have no confidence to keep).
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ import torch
 
 from napari_samlung.errors import SamLungError
 from napari_samlung.geometry import Box, intersect
-from napari_samlung.results.classmap import ClassMap, now
+from napari_samlung.results.classmap import ClassMap, ClassMapError, now
+from napari_samlung.results.confidence import ConfidenceMap
 from napari_samlung.results.lock import writing
+from napari_samlung.inference.confidence import ConfidenceStitcher
 from napari_samlung.inference.loader import TileLoader
 from napari_samlung.inference.postprocess import halo, morphological_cleanup
 from napari_samlung.inference.predictor import TilePredictor
-from napari_samlung.inference.stitching import Block, Stitcher, TileKind
+from napari_samlung.inference.stitching import Block, TileKind
 from napari_samlung.inference.tiling import TileGrid, aligned_box, settled_box
 from napari_samlung.inference.classmap_writer import ChunkWriter, read_finished, read_progress, remove_progress
 
@@ -236,13 +243,22 @@ def count_tiles(slide, plan: Plan, params: SegmentationParams, root: str | os.Pa
     done, rows = set(), 0
     if root is not None and job is not None and ClassMap.exists(root):
         cm = ClassMap.open(root)
-        if cm.meta.get("job") == job and tuple(cm.shape) == plan.shape and not (
+        if cm.meta.get("job") == job and tuple(cm.shape) == plan.shape and _scored(cm) and not (
                 params.postprocess and not plan.whole_slide):  # as _run: such region runs reuse nothing
             done, rows = read_finished(Path(root) / "progress.log", "s")
             kinds = _classify(plan.grid(), cm, plan, done, rows, _tissue(slide, params), params.tissue_threshold)
             return PlanSummary(plan, _count(kinds))
     kinds = _classify(plan.grid(), None, plan, set(), 0, _tissue(slide, params), params.tissue_threshold)
     return PlanSummary(plan, _count(kinds))
+
+
+def _scored(cm: ClassMap) -> bool:
+    """Whether the class map has its confidence map (else a run keeps none of its chunks)."""
+    try:
+        ConfidenceMap.open_for(cm)
+    except ClassMapError:
+        return False
+    return True
 
 
 def _level0(damaged: list[tuple[int, int, int, str]]) -> set[tuple[int, int]]:
@@ -284,6 +300,24 @@ def run_key(plan: Plan, model_info: dict[str, Any], params: SegmentationParams) 
         "skip_background": params.skip_background, "tissue_threshold": params.tissue_threshold,
         "postprocess": [params.kernel_size, params.iterations] if params.postprocess else None,
     }
+
+
+def _open_maps(root: Path, slide, predictor: TilePredictor, plan: Plan,
+               overwrite: bool) -> tuple[ClassMap, ConfidenceMap, bool]:
+    """The class map and its confidence map, and whether the confidence map is new beside a class
+    map that was there (its finished chunks then have no confidence)."""
+    cm = _open_classmap(root, slide, predictor, plan, overwrite)
+    try:
+        return cm, ConfidenceMap.open_for(cm, mode="r+"), False
+    except ClassMapError:  # none, an earlier class map's, or unreadable: made anew
+        return cm, ConfidenceMap.create_for(cm), cm.status != "empty" or (root / "progress.log").is_file()
+
+
+def _damaged(cm: ClassMap, confidence: ConfidenceMap, **which) -> tuple[list, str]:
+    """Damaged or missing chunks of both maps (:meth:`ClassMap.damaged_chunks`), and a few words on them."""
+    labels, scores = cm.damaged_chunks(**which), confidence.damaged_chunks(**which)
+    words = "; ".join(d.damage_summary(found) for d, found in ((cm, labels), (confidence, scores)) if found)
+    return labels + scores, words
 
 
 def _open_classmap(root: Path, slide, predictor: TilePredictor, plan: Plan, overwrite: bool) -> ClassMap:
@@ -336,27 +370,35 @@ def iter_segment(
 def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams, plan: Plan, overwrite: bool,
          cancel: threading.Event | None) -> Generator[Progress, None, SegmentationResult]:
     start = time.perf_counter()
-    cm = _open_classmap(root, slide, predictor, plan, overwrite)
+    cm, confidence, unscored = _open_maps(root, slide, predictor, plan, overwrite)
     log_path = root / "progress.log"
     key = run_key(plan, predictor.info, params)
     previous = cm.meta.get("job")
     damaged: list = []
+    words = ""
     if plan.whole_slide:
-        if cm.status == "complete" and not overwrite:
-            damaged = cm.damaged_chunks()  # all levels: a rerun of a complete map is otherwise no work
+        if cm.status == "complete" and not overwrite and unscored:
+            if previous != key:
+                raise SegmentationError(
+                    f"{root}: the complete class map has no confidence map (made by an earlier version); segment "
+                    "it with the settings that made it to add one, or use {opt:overwrite}")
+            plan.notes.append("the class map has no confidence map (made by an earlier version): the slide is "
+                              "segmented again to make one; reviewed regions stay as they are")
+        elif cm.status == "complete" and not overwrite:
+            damaged, words = _damaged(cm, confidence)  # all levels: a rerun of a complete map is otherwise no work
             if not damaged:
                 raise AlreadyComplete(f"{root}: already complete (use {{opt:overwrite}} to segment again)")
             if previous != key:
                 raise SegmentationError(
                     f"{root}: {len(damaged)} chunk(s) of the complete class map are damaged or missing "
-                    f"({cm.damage_summary(damaged)}); segment it with the settings that made it to repair them, "
+                    f"({words}); segment it with the settings that made it to repair them, "
                     "or use {opt:overwrite}")
             _log_all_but(log_path, cm, plan.box, _level0(damaged))  # the repair resumes from every intact chunk
         if cm.status == "incomplete" and previous not in (None, key) and not overwrite:
             raise SegmentationError(
                 f"{root}: an unfinished run with other settings is there; rerun it with the same settings to "
                 "resume, or use {opt:overwrite}")
-        resuming = previous == key and not overwrite
+        resuming = previous == key and not overwrite and not unscored
         if not resuming:
             remove_progress(log_path)
         log_finished = True
@@ -366,7 +408,7 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
         # settings owns the log (unfinished, or complete: a repair needs its settings); post-processing
         # needs context a region does not have
         log_finished = not params.postprocess and (previous == key or cm.status not in ("incomplete", "complete"))
-        resuming = log_finished and previous == key
+        resuming = log_finished and previous == key and not unscored
         if log_finished and not resuming:
             remove_progress(log_path)
             cm.update_meta(job=key)
@@ -374,12 +416,13 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
     if resuming:  # what this run takes as finished must be whole: checked against the checksums
         mine = set(cm.chunks_in(plan.box))
         kept = (done | {k for k in mine if cm.chunk_box(*k)[0] < rows}) & mine
-        damaged = damaged or cm.damaged_chunks(levels=[0], keys=kept)
+        if not damaged:
+            damaged, words = _damaged(cm, confidence, levels=[0], keys=kept)
     if resuming and damaged:
         bad = _level0(damaged)
         done -= bad
         rows = min([rows] + [cm.chunk_box(*k)[0] for k in bad])
-        plan.notes.append(f"{len(damaged)} damaged or missing chunk(s) found ({cm.damage_summary(damaged)}); "
+        plan.notes.append(f"{len(damaged)} damaged or missing chunk(s) found ({words}); "
                           "they are segmented again")
 
     def protect() -> list[Box]:
@@ -395,9 +438,9 @@ def _run(slide, predictor: TilePredictor, root: Path, params: SegmentationParams
     if params.postprocess:
         raw = cm.group["raw"] if "raw" in cm.group else cm.group.create_array(
             "raw", shape=plan.shape, chunks=cm.chunk, dtype="uint8", fill_value=0)
-        writer = ChunkWriter(cm, plan.box, done=done, rows_done=rows, target=raw, **log)
+        writer = ChunkWriter(cm, plan.box, done=done, rows_done=rows, target=raw, confidence=confidence, **log)
     else:
-        writer = ChunkWriter(cm, plan.box, done=done, rows_done=rows, protect=protect, **log)
+        writer = ChunkWriter(cm, plan.box, done=done, rows_done=rows, protect=protect, confidence=confidence, **log)
     tiles_seen = [0]
     try:
         yield from _run_tiles(slide, predictor, grid, kinds, plan, params, writer, cancel, tiles_seen)
@@ -483,7 +526,7 @@ def _run_tiles(slide, predictor: TilePredictor, grid: TileGrid, kinds: dict, pla
                seen: list[int]):
     """The main loop: batches of model tiles, with the tiles between them, into the stitcher.
     ``seen[0]`` counts the tiles stitched so far (what a cancelled run reports as done)."""
-    stitcher = Stitcher(grid, predictor.num_classes, predictor.device)
+    stitcher = ConfidenceStitcher(grid, predictor.num_classes, predictor.device)
     order = list(grid.tiles())
     model_tiles = [(i, rc) for i, rc in enumerate(order) if kinds[rc] is TileKind.MODEL]
     s, tile = plan.scale, plan.tile

@@ -5,7 +5,8 @@ A SAM-Lung checkpoint is a ``torch.save`` dict::
     {"format": "napari-samlung-checkpoint", "format_version": 1,
      "config": SamLungConfig.to_dict(),
      "trainable": {full key: tensor},       # adapters + head, buffers included
-     "encoder": {SAM key: tensor},          # only with include_encoder=True
+     "encoder": {SAM key: tensor},          # with include_encoder=True, and always once the whole
+                                            # network was trained (config encoder_weights "trained")
      "extra": {...}}                        # trainer state: plain types and tensors
 
 Files are only ever read with ``torch.load(weights_only=True)``, which refuses pickled code
@@ -229,8 +230,9 @@ def _key_summary(missing: list[str], unexpected: list[str], shown: int = 5) -> s
 
 def save_checkpoint(model: SamLung, path: PathLike, include_encoder: bool = False,
                     extra: dict[str, Any] | None = None) -> Path:
-    """Write config + adapters/head state (+ the SAM encoder weights with ``include_encoder``)
-    + ``extra`` (trainer state: dicts/lists/tuples of str, int, float, bool, None and tensors).
+    """Write config + adapters/head state (+ the SAM encoder weights with ``include_encoder``, or
+    when they were trained: no other file holds them) + ``extra`` (trainer state: dicts/lists/tuples
+    of str, int, float, bool, None and tensors).
 
     The file appears atomically (:func:`napari_samlung.files.atomic_file`).
     """
@@ -247,7 +249,7 @@ def save_checkpoint(model: SamLung, path: PathLike, include_encoder: bool = Fals
         "trainable": {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()},
         "extra": extra,
     }
-    if include_encoder:
+    if include_encoder or model.config.encoder_weights == "trained":
         content["encoder"] = {k: v.detach().cpu() for k, v in model.image_encoder.sam_state_dict().items()}
     path = Path(path)
     with atomic_file(path, fsync=True) as f:
@@ -281,14 +283,17 @@ def load_checkpoint(path: PathLike, sam_weights: PathLike | dict[str, Any] | Non
                     map_location: str | torch.device = "cpu") -> SamLung:
     """Rebuild the model a checkpoint describes, with its weights, on ``map_location``.
 
-    The SAM encoder weights come from the checkpoint when it holds them (``include_encoder``),
-    otherwise from ``sam_weights`` (the official file).
+    The encoder weights come from the checkpoint when it holds them (``include_encoder``, or a
+    whole network trained), over ``sam_weights``; otherwise from ``sam_weights`` (the official file).
     """
     content = read_checkpoint(path)
+    config = SamLungConfig.from_dict(content["config"])
+    if "encoder" not in content and config.encoder_weights == "trained":
+        raise CheckpointError(f"{path}: its encoder was trained (tune {config.tune}) but the file does not "
+                              "hold the encoder weights: damaged or written by another program")
     if "encoder" not in content and sam_weights is None:
         raise CheckpointError(f"{path}: holds only the adapters and head, not the SAM encoder weights; "
                               "pass the official SAM ViT-B file (sam_vit_b_01ec64.pth) with {opt:sam_weights}")
-    config = SamLungConfig.from_dict(content["config"])
     with torch.device("meta"):  # no random initialization: every tensor is filled from the files below
         model = SamLung(config)
     model.to_empty(device="cpu")
@@ -298,7 +303,7 @@ def load_checkpoint(path: PathLike, sam_weights: PathLike | dict[str, Any] | Non
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: encoder weights: {exc}") from None
     else:
-        load_sam_weights(model, sam_weights)
+        model.load_sam_weights(sam_weights)
     _load_trainable(model, content["trainable"], path)
     return model.to(map_location)
 

@@ -16,6 +16,13 @@ from typing import Any
 HE_PIXEL_MEAN = (0.709, 0.381, 0.224)
 HE_PIXEL_STD = (0.127, 0.079, 0.043)
 
+#: What fine-tuning trains: the Mona adapters and the head (the paper's method), the whole network,
+#: or the head alone.
+TUNE_MODES = ("mona", "full", "head")
+#: Where the encoder's weights come from: a random initialization, the official SAM file as it is,
+#: or training of the whole network (``tune="full"``), after which only a checkpoint holds them.
+ENCODER_WEIGHTS = ("random", "sam", "trained")
+
 
 @dataclass(frozen=True)
 class SamLungConfig:
@@ -49,6 +56,9 @@ class SamLungConfig:
     pixel_mean: tuple[float, ...] = HE_PIXEL_MEAN
     pixel_std: tuple[float, ...] = HE_PIXEL_STD
     mpp: float | None = 0.5
+    # how the weights came about (they decide what a checkpoint must carry and the default --tune)
+    tune: str | None = None  # the strategy of the last fine-tuning (None: never fine-tuned)
+    encoder_weights: str = "random"
 
     def __post_init__(self) -> None:
         positive = ("num_classes", "img_size", "patch_size", "embed_dim", "depth", "num_heads",
@@ -83,6 +93,11 @@ class SamLungConfig:
             raise ValueError(f"SamLungConfig.pixel_std must be > 0, got {self.pixel_std}")
         if self.mpp is not None and self.mpp <= 0:
             raise ValueError(f"SamLungConfig.mpp must be > 0 or None, got {self.mpp}")
+        if self.tune is not None and self.tune not in TUNE_MODES:
+            raise ValueError(f"SamLungConfig.tune must be one of {', '.join(TUNE_MODES)} or None, got {self.tune!r}")
+        if self.encoder_weights not in ENCODER_WEIGHTS:
+            raise ValueError(f"SamLungConfig.encoder_weights must be one of {', '.join(ENCODER_WEIGHTS)}, "
+                             f"got {self.encoder_weights!r}")
 
     @classmethod
     def vit_b(cls, num_classes: int = 1, **overrides: Any) -> SamLungConfig:
@@ -95,6 +110,12 @@ class SamLungConfig:
         small = dict(preset="tiny", img_size=256, embed_dim=64, depth=4, num_heads=2, window_size=4,
                      global_attn_indexes=(1, 3), out_chans=32, adapter_dim=8, head_channels=8)
         return cls(**{**small, "num_classes": num_classes, **overrides})
+
+    @property
+    def default_tune(self) -> str:
+        """What fine-tuning trains unless told: the adapters and the head on the official SAM
+        encoder, the whole network on an encoder that is random or was trained whole already."""
+        return "mona" if self.encoder_weights == "sam" else "full"
 
     @property
     def grid_size(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from .attention import ATTENTION_MODES
-from .config import SamLungConfig
+from .config import TUNE_MODES, SamLungConfig
 from .encoder import SamImageEncoder
 from .head import PSPHead
 
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 class SamLung(nn.Module):
     """Segmentation model: normalized (B, 3, H, W) -> logits (B, num_classes + 1, H, W).
 
-    H and W must be multiples of 16 (256..1024 are the sizes it is meant for). Only the
-    adapters and the head are trainable; the SAM encoder weights are frozen.
+    H and W must be multiples of 16 (256..1024 are the sizes it is meant for). What trains
+    follows ``config.tune`` (:meth:`set_tune`): by default the adapters and the head, with the SAM
+    encoder weights frozen.
     """
 
     def __init__(self, config: SamLungConfig) -> None:
@@ -32,25 +34,41 @@ class SamLung(nn.Module):
         self.image_encoder = SamImageEncoder(config)
         self.head = PSPHead(config.out_chans, config.num_classes + 1, config.head_bins, config.head_channels,
                             config.head_dropout, config.cbam_reduction, config.cbam_kernel)
-        self.image_encoder.requires_grad_(False)
-        for p in self.trainable_parameters():
-            p.requires_grad_(True)
+        self._freeze(config.tune or "mona")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.image_encoder(x), (x.shape[2], x.shape[3]))
 
     def trainable_modules(self) -> list[tuple[str, nn.Module]]:
-        """(state-dict prefix, module) of the parts that train: every adapter, then the head."""
+        """(state-dict prefix, module) of the parts beside the SAM encoder: every adapter, then the head."""
         adapters = [(f"image_encoder.{name}.", m) for name, m in self.image_encoder.adapters()]
         return [*adapters, ("head.", self.head)]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the adapters and the head (what the optimizer gets)."""
-        return [p for _, m in self.trainable_modules() for p in m.parameters()]
+        """The parameters that train under ``config.tune`` (what the optimizer gets)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Adapters + head state (including buffers such as BatchNorm statistics), full key names."""
         return {prefix + k: v for prefix, m in self.trainable_modules() for k, v in m.state_dict().items()}
+
+    def set_tune(self, mode: str) -> SamLung:
+        """Train ``mode``'s parts from now on and record it in the config: ``"mona"`` the adapters
+        and the head, ``"full"`` the whole network (its encoder then no longer the SAM file's),
+        ``"head"`` the head alone."""
+        if mode not in TUNE_MODES:
+            raise ValueError(f"tune must be one of {', '.join(TUNE_MODES)}, got {mode!r}")
+        encoder = "trained" if mode == "full" else self.config.encoder_weights
+        self.config = dataclasses.replace(self.config, tune=mode, encoder_weights=encoder)
+        self._freeze(mode)
+        return self
+
+    def _freeze(self, mode: str) -> None:
+        self.requires_grad_(mode == "full")
+        self.head.requires_grad_(True)
+        if mode == "mona":
+            for _, adapter in self.image_encoder.adapters():
+                adapter.requires_grad_(True)
 
     def load_sam_weights(self, source: str | os.PathLike | dict[str, Any],
                          strict: bool = True) -> SamWeightsReport:
@@ -60,7 +78,9 @@ class SamLung(nn.Module):
         """
         from .checkpoint import load_sam_weights  # checkpoint.py builds SamLung: import here, not at the top
 
-        return load_sam_weights(self, source, strict=strict)
+        report = load_sam_weights(self, source, strict=strict)
+        self.config = dataclasses.replace(self.config, encoder_weights="sam")
+        return report
 
     def set_attention(self, mode: str) -> SamLung:
         """How attention is computed (see ``attention.py``).

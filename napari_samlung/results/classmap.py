@@ -8,6 +8,8 @@ Layout of a slide's result folder (``<name>.samlung/``)::
     progress.log          chunks finished by an unfinished whole-slide run (for resume)
     checksums.log         CRC-32 of every chunk file as written ("level cy cx crc", "-" for no file;
                           the last line of a chunk counts), so damaged or lost chunks are found
+    confidence.zarr/      how sure the model was of each pixel, same levels and chunks (confidence.py),
+    confidence-checksums.log  with its own checksums
 
 Coordinates are class-map pixels; ``scale`` is how many level-0 slide pixels one class-map pixel
 spans. Reviewed (corrected) regions live in the metadata too, so the engine never overwrites a
@@ -34,6 +36,7 @@ from napari_samlung.errors import SamLungError
 from napari_samlung.files import write_atomic
 from napari_samlung.geometry import Box, intersect
 from napari_samlung.labels import BACKGROUND, class_name
+from napari_samlung.results.ome import AXES, name_dimensions, ome_attributes
 
 FORMAT = "samlung-classmap"
 VERSION = 1
@@ -90,11 +93,14 @@ class _Checksums:
 class ClassMap:
     """A class-map pyramid on disk. Open with :meth:`create` or :meth:`open`."""
 
+    STORE = "classmap.zarr"  # the zarr group in the result folder (a subclass keeps another pyramid)
+    CHECKSUMS = "checksums.log"
+
     def __init__(self, root: Path, group: zarr.Group):
         self.root = Path(root)
         self.group = group
         self.levels: list[zarr.Array] = [group[str(k)] for k in range(len(self.meta["levels"]))]
-        self._checksums = _Checksums(self.root / "checksums.log")
+        self._checksums = _Checksums(self.root / self.CHECKSUMS)
 
     # -- creation and opening -------------------------------------------------------------------
     @classmethod
@@ -126,8 +132,8 @@ class ClassMap:
             chunk = CHUNK if k == 0 else PYRAMID_CHUNK
             group.create_array(str(k), shape=s, chunks=(min(chunk, s[0]), min(chunk, s[1])), dtype="uint8",
                                fill_value=BACKGROUND, compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),
-                               chunk_key_encoding={"name": "default", "separator": "/"})
-        group.attrs["samlung"] = {
+                               chunk_key_encoding={"name": "default", "separator": "/"}, dimension_names=AXES)
+        meta = {
             "format": FORMAT,
             "version": VERSION,
             "status": "empty",
@@ -143,6 +149,7 @@ class ClassMap:
             "reviewed": [],
             "created": now(),
         }
+        group.attrs.update({"samlung": meta, "ome": ome_attributes(meta)})
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -185,14 +192,19 @@ class ClassMap:
     def refresh(self) -> None:
         """Re-read the metadata from disk: another ClassMap object (the engine's, the widget's) may
         have written it since this one was opened."""
-        self.group = zarr.open_group(self.root / "classmap.zarr", mode="r" if self.group.read_only else "r+")
+        self.group = zarr.open_group(self.root / self.STORE, mode="r" if self.group.read_only else "r+")
 
     def update_meta(self, **changes: Any) -> None:
         """Rewrite the metadata on disk with ``changes`` applied (zarr writes zarr.json atomically)."""
         self.refresh()
         meta = dict(self.meta)
         meta.update(changes, updated=now())
-        self.group.attrs["samlung"] = meta
+        if meta.get("format") == FORMAT:  # the OME-Zarr view follows (and is added to maps made before it)
+            if "ome" not in self.group.attrs:
+                name_dimensions(self.root / self.STORE, len(self.levels))
+            self.group.attrs.update({"samlung": meta, "ome": ome_attributes(meta)})
+        else:
+            self.group.attrs["samlung"] = meta
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -321,7 +333,17 @@ class ClassMap:
             raise
 
     def chunk_path(self, level: int, cy: int, cx: int) -> Path:
-        return self.root / "classmap.zarr" / str(level) / "c" / str(cy) / str(cx)
+        return self.root / self.STORE / str(level) / "c" / str(cy) / str(cx)
+
+    def stored_chunks(self, level: int = 0) -> list[tuple[int, int]]:
+        """(cy, cx) of every chunk of ``level`` that has a file, found by listing folders, not by
+        reading: a chunk without one holds the fill value (zarr stores no chunk that equals it)."""
+        rows = self.root / self.STORE / str(level) / "c"
+        found = []
+        for row in (os.scandir(rows) if rows.is_dir() else ()):
+            if row.name.isdigit() and row.is_dir():
+                found += [(int(row.name), int(col.name)) for col in os.scandir(row.path) if col.name.isdigit()]
+        return sorted(found)
 
     def write_chunk(self, level: int, cy: int, cx: int, values: np.ndarray) -> None:
         """Replace one whole chunk of ``level`` with ``values`` (its part inside the array).

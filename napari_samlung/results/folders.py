@@ -14,12 +14,14 @@ from napari_samlung.errors import FileAccessError
 from napari_samlung.results.classmap import ClassMap
 
 SUFFIX = ".samlung"
+DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr")  # one format each: both parts leave the name
 
 
 def results_dir(slide_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Where a slide's results live: ``OUT/<stem>.samlung`` or next to the slide."""
     slide_path = Path(slide_path)
-    name = slide_path.name.split(".")[0] if slide_path.name.endswith(".ome.tif") else slide_path.stem
+    double = next((s for s in DOUBLE_SUFFIXES if slide_path.name.lower().endswith(s)), None)
+    name = slide_path.name[:-len(double)] if double else slide_path.stem
     parent = Path(out_dir) if out_dir is not None else slide_path.parent
     return parent / f"{name}{SUFFIX}"
 

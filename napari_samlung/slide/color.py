@@ -41,6 +41,8 @@ def to_rgb(pixels: np.ndarray, *, min_is_white: bool = False) -> np.ndarray:
 
 
 def _over_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    if alpha.size and alpha.min() == 255:  # opaque, as nearly every tile is: nothing to blend
+        return color
     a = alpha.astype(np.uint16)
     blended = (color.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
     return blended.astype(np.uint8)

@@ -1,5 +1,9 @@
 """Which kind of file a slide is, and which TIFF pages hold its pyramid levels.
 
+TIFF, PNG and JPEG are told by their first bytes; DICOM by its magic after the preamble; other
+scanners' files (MIRAX, VMS) by OpenSlide's own detection; OME-Zarr images and DICOM series are
+folders.
+
 Associated images (the thumbnail, label and macro of an SVS; the macro and map of an NDPI; extra
 OME images) are never levels: levels come from the main image series, and every level must have
 level 0's aspect ratio (a downsample of the same image) and be smaller than the one before.
@@ -15,16 +19,43 @@ import numpy as np
 from .color import SUPPORTED_CHANNELS, SUPPORTED_DTYPES
 from .errors import SlideError
 from .metadata import SlideMetadata, aperio_metadata, ome_metadata, resolution_metadata
+from .omezarr_source import is_zarr_folder
+from .openslide_source import detect_vendor, dicom_file_in, is_dicom_file
 
 ASSOCIATED_SERIES = {"thumbnail", "label", "macro", "map", "overview"}
 _SUPPORTED_PHOTOMETRIC = {0, 1, 2, 6}  # min-is-white, min-is-black, RGB, YCbCr
 _JPEG_COMPRESSIONS = {6, 7}
 
 
+# Slide files by name: TIFF family (tifffile first), and the formats only OpenSlide reads.
+# DICOM files may have no extension, and DICOM series and OME-Zarr images are folders.
+TIFF_EXTENSIONS = (".svs", ".ndpi", ".tif", ".tiff")  # .ome.tif(f) end in .tif(f)
+OPENSLIDE_EXTENSIONS = (".dcm", ".mrxs", ".scn", ".bif", ".vms", ".vmu")
+SLIDE_EXTENSIONS = TIFF_EXTENSIONS + OPENSLIDE_EXTENSIONS
+SLIDE_PATTERNS = tuple(f"*{extension}" for extension in SLIDE_EXTENSIONS)
+
+
+def is_slide_candidate(path: str | Path) -> bool:
+    """Whether ``path`` may be a slide, judged cheaply (name, folder markers, DICOM magic) without
+    opening it: front ends call this to decide whether to try :func:`~.reader.open_slide`."""
+    path = Path(path)
+    if path.is_dir():
+        return is_zarr_folder(path) or dicom_file_in(path) is not None
+    return path.name.lower().endswith(SLIDE_EXTENSIONS) or (path.is_file() and is_dicom_file(path))
+
+
 def sniff(path: Path) -> str:
-    """'tiff', 'png' or 'jpeg' from the file's first bytes; SlideError for anything else."""
+    """What kind of slide ``path`` is, from its first bytes (or, for a folder, its contents):
+    'tiff', 'png', 'jpeg', 'ome-zarr', 'dicom-folder' or 'openslide' (a file OpenSlide detects:
+    DICOM, MIRAX, VMS, ...); SlideError for anything else."""
     if not path.exists():
         raise SlideError(path, "file not found")
+    if path.is_dir():
+        if is_zarr_folder(path):
+            return "ome-zarr"
+        if dicom_file_in(path) is not None:
+            return "dicom-folder"
+        raise SlideError(path, "a folder that is neither an OME-Zarr image nor a DICOM whole-slide image")
     if not path.is_file():
         raise SlideError(path, "not a file")
     try:
@@ -40,8 +71,10 @@ def sniff(path: Path) -> str:
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
-    raise SlideError(path, "not a slide or image file this reader supports "
-                           "(expected TIFF/SVS/NDPI/OME-TIFF, PNG or JPEG content)")
+    if is_dicom_file(path) or detect_vendor(path) is not None:
+        return "openslide"
+    raise SlideError(path, "not a slide or image file this reader supports (expected TIFF/SVS/NDPI/"
+                           "OME-TIFF, DICOM, MIRAX, SCN, BIF, VMS, Philips TIFF, OME-Zarr, PNG or JPEG)")
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""Microns per pixel and other slide properties from TIFF metadata.
+"""Microns per pixel and other slide properties from the slide's metadata.
 
 Sources, in the order a format uses them: the Aperio ImageDescription (``MPP = 0.499``), OME-XML
 (``PhysicalSizeX`` with its unit), and the TIFF resolution tags (centimetre or inch; NDPI and many
-scanners write those). ``AppMag`` is the objective, not a pixel size.
+scanners write those). ``AppMag`` is the objective, not a pixel size. Slides read through
+OpenSlide carry ``openslide.mpp-x``; OME-Zarr images a scale with a unit per axis.
 
 A value is trusted only when a microscope could have made it (:data:`PLAUSIBLE_MPP`) and it is not
 a screen or print density (72, 96, 150, 300 or 600 dpi, in either unit: image editors write those
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Microns per pixel outside this range are a placeholder, not a microscope's.
@@ -26,6 +28,11 @@ _OME_UNITS_IN_UM = {
     "pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6,
     "Å": 1e-4, "\u212b": 1e-4, "in": 25400.0,
 }
+# OME-Zarr (NGFF) axis units of length, as UDUNITS-2 names.
+NGFF_UNITS_IN_UM = {
+    "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3,
+    "centimeter": 1e4, "decimeter": 1e5, "meter": 1e6, "inch": 25400.0, "foot": 304800.0,
+}
 
 
 @dataclass
@@ -33,7 +40,7 @@ class SlideMetadata:
     """What a format's metadata says about the slide."""
 
     mpp: float | None = None
-    mpp_source: str | None = None  # 'aperio', 'ome', 'tiff-resolution'
+    mpp_source: str | None = None  # 'aperio', 'ome', 'tiff-resolution', 'openslide', 'ome-zarr'
     mpp_note: str | None = None  # why the file's value was not taken, when it has one
     magnification: float | None = None
     properties: dict[str, str] = field(default_factory=dict)
@@ -116,6 +123,33 @@ def ome_metadata(xml: str, image_index: int = 0) -> SlideMetadata:
     if objective is not None:
         meta.magnification = parse_float(objective.get("NominalMagnification"))
     return meta
+
+
+def openslide_metadata(properties: Mapping[str, str]) -> SlideMetadata:
+    """Pixel size (``openslide.mpp-x``) and objective of a slide OpenSlide opened; all its
+    properties kept."""
+    meta = SlideMetadata(properties=dict(properties))
+    _checked(meta, parse_float(properties.get("openslide.mpp-x")), "openslide", "OpenSlide's mpp-x")
+    meta.magnification = parse_float(properties.get("openslide.objective-power"))
+    return meta
+
+
+def ngff_metadata(scale: float | None, unit: str | None) -> SlideMetadata:
+    """Pixel size from an OME-Zarr x-axis scale and unit; an unknown or missing unit leaves the
+    microns per pixel unknown, with a note saying why."""
+    meta = SlideMetadata()
+    if scale is None:
+        meta.mpp_note = "the OME-Zarr metadata gives no scale for the x axis"
+        return meta
+    meta.properties["ome-zarr.x-scale"] = f"{scale:g}"
+    if unit:
+        meta.properties["ome-zarr.x-unit"] = unit
+    factor = NGFF_UNITS_IN_UM.get(unit or "")
+    if factor is None:
+        meta.mpp_note = (f"the OME-Zarr x axis has {f'unit {unit!r}' if unit else 'no unit'}, "
+                         "so its scale is not a length in micrometres")
+        return meta
+    return _checked(meta, scale * factor, "ome-zarr", "the OME-Zarr scale")
 
 
 def resolution_metadata(page, meta: SlideMetadata) -> SlideMetadata:

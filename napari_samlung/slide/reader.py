@@ -3,6 +3,11 @@
 Opening reads only the file's structure (TIFF directories and metadata): no pixel data, so it
 takes the same time whatever the slide's size. Plain PNG/JPEG images have no pyramid and are
 small; they are decoded whole when opened.
+
+Where: the TIFF family through tifffile (``tiles.py``), except the vendor TIFFs OpenSlide
+assembles (Leica SCN, Ventana BIF, Philips TIFF); DICOM (a file or its folder), MIRAX and
+Hamamatsu VMS/VMU through OpenSlide (``openslide_source.py``); OME-Zarr folders through zarr
+(``omezarr_source.py``). All of them read tiles through one :class:`TiledRegionReader`.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from .formats import sniff, tiff_layout
 from .metadata import SlideMetadata
 from .resample import read_resampled
 from .tissue import TissueMask, TissueParams, tissue_mask
+from .omezarr_source import open_omezarr
+from .openslide_source import dicom_file_in, open_openslide
 from .tiles import (DEFAULT_CACHE_BYTES, ArrayRegionReader, CacheStats, FileBytes, RegionReader, TiffLevel,
-                    TiffRegionReader)
+                    TiledRegionReader, TiledSource)
 
 # best_level accepts a level whose downsample exceeds the requested one by this fraction.
 LEVEL_TOLERANCE = 0.01
@@ -32,10 +39,12 @@ class Slide:
 
     Attributes:
         path, name (the file stem), format ('aperio-svs', 'ome-tiff', 'ndpi', 'pyramidal-tiff',
-        'image'), levels ((H, W, 3) uint8 array-likes, level 0 first: zarr arrays from tifffile for
-        RGB TIFF levels, :class:`LevelView` where pixels need converting, numpy for PNG/JPEG),
-        level_shapes, downsamples (per level, versus level 0), mpp and mpp_source ('aperio',
-        'ome', 'tiff-resolution', 'user' or None when unknown), mpp_note (why the file's own value
+        'image', 'ome-zarr', and through OpenSlide 'dicom', 'mirax', 'leica-scn', 'ventana-bif',
+        'hamamatsu', 'philips-tiff'), levels ((H, W, 3) uint8 array-likes, level 0 first: zarr
+        arrays from tifffile for RGB TIFF levels, :class:`LevelView` where pixels need converting or
+        come through OpenSlide or OME-Zarr, numpy for PNG/JPEG), level_shapes, downsamples (per
+        level, versus level 0), mpp and mpp_source ('aperio', 'ome', 'tiff-resolution',
+        'openslide', 'ome-zarr', 'user' or None when unknown), mpp_note (why the file's own value
         was not taken, when it has an implausible one), magnification (the objective,
         metadata only), properties (vendor metadata as strings).
     """
@@ -190,13 +199,13 @@ class LevelView:
 
 def open_slide(path: str | os.PathLike, mpp: float | None = None, *,
                cache_bytes: int = DEFAULT_CACHE_BYTES, workers: int | None = None) -> Slide:
-    """Open a whole-slide image or plain image.
+    """Open a whole-slide image or plain image: a file, or a folder (DICOM series, OME-Zarr image).
 
     ``mpp``: the slide's microns per pixel, used when the file has none and overriding the file's
     value when given. ``cache_bytes``: bound of the decoded-tile cache. ``workers``: threads that
     decode the tiles of one request (default: the CPU count, at most 8).
-    Raises :class:`SlideError` (naming the file) for a missing, empty, truncated, unreadable or
-    unsupported file, and for an invalid ``mpp``.
+    Raises :class:`SlideError` (naming the file or folder) for a missing, empty, truncated,
+    unreadable or unsupported one, and for an invalid ``mpp``.
     """
     path = Path(path)
     if mpp is not None:
@@ -209,11 +218,40 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, *,
     kind = sniff(path)
     if kind == "tiff":
         slide = _open_tiff(path, cache_bytes, workers)
+    elif kind == "openslide":
+        slide = _open_tiled(path, open_openslide(path), cache_bytes, workers)
+    elif kind == "dicom-folder":
+        slide = _open_tiled(path, open_openslide(path, dicom_file_in(path)), cache_bytes, workers)
+    elif kind == "ome-zarr":
+        slide = _open_tiled(path, open_omezarr(path), cache_bytes, workers)
     else:
         slide = _open_image(path, kind)
     if mpp is not None:
         slide.mpp, slide.mpp_source, slide.mpp_note = float(mpp), "user", None
     return slide
+
+
+def open_slide_with_openslide(path: str | os.PathLike, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                              workers: int | None = None) -> Slide:
+    """Open a slide through OpenSlide even where :func:`open_slide` would use tifffile (an SVS,
+    a generic pyramidal TIFF): to compare the two paths' pixels and speed on one file."""
+    path = Path(path)
+    sniff(path)  # the same errors as open_slide for missing, empty and unknown files
+    file = dicom_file_in(path) if path.is_dir() else None
+    return _open_tiled(path, open_openslide(path, file), cache_bytes, workers)
+
+
+def _open_tiled(path: Path, source: TiledSource, cache_bytes: int, workers: int | None) -> Slide:
+    """A slide over an opened tiled source (OpenSlide, OME-Zarr)."""
+    reader = TiledRegionReader(source.levels, cache_bytes=cache_bytes, workers=workers)
+    return Slide(path, source.format, source.metadata, reader, [lv.shape for lv in source.levels],
+                 resources=source.resources)
+
+
+def _openslide_assembles(tif) -> bool:
+    """Vendor TIFFs whose tiles OpenSlide assembles correctly and tifffile's pages do not tell:
+    Leica SCN (several images in one file), Ventana BIF (overlapping tiles), Philips TIFF."""
+    return bool(tif.is_scn or tif.is_bif or tif.is_philips)
 
 
 def _open_tiff(path: Path, cache_bytes: int, workers: int | None) -> Slide:
@@ -224,6 +262,18 @@ def _open_tiff(path: Path, cache_bytes: int, workers: int | None) -> Slide:
         tif = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises many types for damaged files
         raise SlideError(path, f"cannot read the TIFF structure: {exc}") from exc
+    try:
+        vendor_tiff = _openslide_assembles(tif)
+    except Exception:  # tifffile's format checks parse metadata, which may be damaged
+        vendor_tiff = False
+    if vendor_tiff:
+        try:
+            source = open_openslide(path)
+        except SlideError:
+            pass  # OpenSlide refuses this variant: tifffile reads its pages below
+        else:
+            tif.close()
+            return _open_tiled(path, source, cache_bytes, workers)
     opened = [tif]
     try:
         layout = tiff_layout(tif, path)
@@ -233,7 +283,7 @@ def _open_tiff(path: Path, cache_bytes: int, workers: int | None) -> Slide:
         size = path.stat().st_size
         for level in levels:
             level.check_complete(size)
-        reader = TiffRegionReader(levels, cache_bytes=cache_bytes, workers=workers)
+        reader = TiledRegionReader(levels, cache_bytes=cache_bytes, workers=workers)
         slide = Slide(path, layout.format, layout.metadata, reader, [lv.shape for lv in levels],
                       resources=(file_bytes, tif))
         for i, level in enumerate(levels):

@@ -6,16 +6,23 @@ labels: nearest neighbour) and held in a temporary chunked zarr store beside the
 the file is written, so memory stays at a few tiles whatever the image size. The file appears
 under its name only when complete (temporary name, then ``os.replace``); the temporary folder of
 a write that was killed is removed by the next write of the same file.
+
+A label source that is mostly empty (a huge class map of which a small region was segmented) can
+say where it may hold values (:class:`Sparse`): the other tiles are neither read, reduced nor
+encoded, and all of them share one stored empty tile, so the write takes time and memory for the
+segmented part plus TIFF's tile table (8-16 bytes a tile, at every level).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from napari_samlung.errors import FileAccessError
+from napari_samlung.geometry import Box
 from napari_samlung.files import remove_leftovers
 
 from .color import rgb_to_ycbcr
 
 COMPRESSIONS = {"jpeg": "jpeg", "jpeg2000": "jpeg2000", "zlib": "zlib", "lzw": "lzw", "zstd": "zstd",
                 "none": None}
+_LOSSLESS_TAGS = {"zlib": 8, "lzw": 5, "zstd": 50000}  # TIFF Compression tag values (8: Adobe deflate)
 LOSSLESS = {"zlib", "lzw", "zstd", "none"}
 FLAVORS = ("tiff", "ome", "svs")
 DEFAULT_QUALITY = {"jpeg": 90, "jpeg2000": 45}  # JPEG quality; JPEG 2000 target PSNR in dB
@@ -38,6 +47,16 @@ _APERIO = "Aperio Image Library v12.0.15 (napari-samlung)"
 _BIGTIFF_BYTES = 2**31
 
 Progress = Callable[[int, int], None]  # (tiles written, tiles in all levels)
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """A label source that holds ``fill`` everywhere outside ``boxes`` ((y, x, h, w) in level-0
+    pixels; for example the chunks a zarr array has stored: it stores none that equal its fill
+    value)."""
+
+    fill: int
+    boxes: Sequence[Box]
 
 
 @dataclass(frozen=True)
@@ -67,7 +86,7 @@ def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | tuple[
                          levels: int | None = None, factor: int = 2, kind: str = "rgb",
                          flavor: str = "tiff", associated: dict[str, np.ndarray] | None = None,
                          magnification: float | None = None, progress: Progress | None = None,
-                         description: str | None = None) -> Path:
+                         description: str | None = None, sparse: Sparse | None = None) -> Path:
     """Write ``source`` as a tiled pyramidal TIFF at ``path``; returns the path.
 
     source: (H, W, 3) uint8 for ``kind='rgb'``, (H, W) uint8/uint16 for ``kind='labels'``.
@@ -82,11 +101,14 @@ def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | tuple[
     'thumbnail', 'label', 'macro' for the SVS flavour (a thumbnail is made when not given).
     magnification: the objective, for the SVS description. progress: called with (tiles
     written, total). description: ASCII text for level 0 (the ImageDescription; in OME the
-    image's Description); not for 'svs', whose description is Aperio's.
+    image's Description); not for 'svs', whose description is Aperio's. sparse: for labels, where
+    the source may hold anything but its fill value (tiles elsewhere are not read).
     """
     path = Path(path)
     compression = "none" if compression is None else str(compression).lower()
     _validate(path, source, mpp, tile, compression, levels, factor, kind, flavor, associated, description)
+    if sparse is not None and kind != "labels":
+        raise ValueError("sparse writing is for labels (kind='labels')")
     mpp_yx = None if mpp is None else tuple(float(v) for v in mpp) if isinstance(mpp, tuple) else (float(mpp),) * 2
     settings = _Settings(path.stem, mpp_yx, tile, compression,
                          DEFAULT_QUALITY.get(compression) if quality is None else quality,
@@ -95,12 +117,15 @@ def write_pyramidal_tiff(path: str | os.PathLike, source, *, mpp: float | tuple[
     remove_leftovers(path, ".levels")
     workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".levels", dir=path.parent))
     try:
-        pyramid = _build_pyramid(source, shapes, settings, workdir)
+        tiles = None if sparse is None else _SparseTiles(sparse, shapes, settings, np.dtype(source.dtype))
+        pyramid = _build_pyramid(source, shapes, settings, workdir, tiles)
         associated = dict(associated or {})
         if flavor == "svs":
             associated.setdefault("thumbnail", _thumbnail(pyramid[-1], tile))
         partial = workdir / "partial.tif"
-        _write(partial, pyramid, settings, associated, progress)
+        _write(partial, pyramid, settings, associated, progress, tiles)
+        if tiles is not None:
+            tiles.point_empty_tiles(partial)
         os.replace(partial, path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -163,29 +188,37 @@ def _level_shapes(shape: tuple[int, int], tile: int, factor: int,
     return shapes
 
 
-def _build_pyramid(source, shapes: list[tuple[int, int]], settings: _Settings, workdir: Path) -> list:
-    """Level 0 (the source) and the reduced levels, each computed from the one above it."""
+def _build_pyramid(source, shapes: list[tuple[int, int]], settings: _Settings, workdir: Path,
+                   sparse: "_SparseTiles | None" = None) -> list:
+    """Level 0 (the source) and the reduced levels, each computed from the one above it (of a sparse
+    source, only the tiles that may hold values; the others keep the fill value)."""
     import zarr
 
     samples = tuple(source.shape[2:])
     pyramid = [source]
     for k, shape in enumerate(shapes[1:], start=1):
         level = zarr.create_array(store=str(workdir / f"level{k}.zarr"), shape=shape + samples,
-                                  dtype=source.dtype, chunks=(settings.tile, settings.tile) + samples)
-        _reduce_into(pyramid[-1], level, settings.factor, settings.kind, settings.tile)
+                                  dtype=source.dtype, chunks=(settings.tile, settings.tile) + samples,
+                                  fill_value=0 if sparse is None else sparse.fill)
+        _reduce_into(pyramid[-1], level, settings.factor, settings.kind, settings.tile,
+                     None if sparse is None else sorted(sparse.occupied[k]))
         pyramid.append(level)
     return pyramid
 
 
-def _reduce_into(src, dst, factor: int, kind: str, tile: int) -> None:
-    """Fill ``dst`` (shape ceil(src / factor)) tile by tile from ``src``."""
+def _reduce_into(src, dst, factor: int, kind: str, tile: int,
+                 positions: Sequence[tuple[int, int]] | None = None) -> None:
+    """Fill ``dst`` (shape ceil(src / factor)) tile by tile from ``src``: every tile, or the tiles
+    (row, column) at ``positions``."""
     h, w = dst.shape[:2]
     step = tile * factor
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            block = np.asarray(src[y * factor: y * factor + step, x * factor: x * factor + step])
-            reduced = _reduce(block, factor, kind)
-            dst[y: y + reduced.shape[0], x: x + reduced.shape[1]] = reduced
+    if positions is None:
+        positions = itertools.product(range(-(-h // tile)), range(-(-w // tile)))
+    for ty, tx in positions:
+        y, x = ty * tile, tx * tile
+        block = np.asarray(src[y * factor: y * factor + step, x * factor: x * factor + step])
+        reduced = _reduce(block, factor, kind)
+        dst[y: y + reduced.shape[0], x: x + reduced.shape[1]] = reduced
 
 
 def _reduce(block: np.ndarray, factor: int, kind: str) -> np.ndarray:
@@ -215,17 +248,28 @@ def _thumbnail(smallest, tile: int) -> np.ndarray:
     return out
 
 
-def _tiles(level, tile: int) -> Iterator[np.ndarray]:
-    """Full tiles of a level in row-major order; edge tiles repeat their last row/column (no dark
-    borders bleeding into lossy compression)."""
+def _tiles(level, tile: int, positions: Iterator[tuple[int, int]] | None = None) -> Iterator[np.ndarray]:
+    """Full tiles of a level in row-major order (or those at ``positions``, (row, column) of the
+    tile grid); edge tiles repeat their last row/column (no dark borders bleeding into lossy
+    compression)."""
     h, w = level.shape[:2]
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            block = np.asarray(level[y: y + tile, x: x + tile])
-            if block.shape[:2] != (tile, tile):
-                pad = ((0, tile - block.shape[0]), (0, tile - block.shape[1])) + ((0, 0),) * (block.ndim - 2)
-                block = np.pad(block, pad, mode="edge")
-            yield block
+    if positions is None:
+        positions = itertools.product(range(-(-h // tile)), range(-(-w // tile)))
+    for ty, tx in positions:
+        y, x = ty * tile, tx * tile
+        block = np.asarray(level[y: y + tile, x: x + tile])
+        if block.shape[:2] != (tile, tile):
+            pad = ((0, tile - block.shape[0]), (0, tile - block.shape[1])) + ((0, 0),) * (block.ndim - 2)
+            block = np.pad(block, pad, mode="edge")
+        yield block
+
+
+def _encoded(blocks: Iterator[np.ndarray], encode: Callable[[np.ndarray], bytes]) -> Iterator[bytes]:
+    """``encode`` of each block, in order, on all cores (a few batches in memory at a time)."""
+    workers = os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        while batch := list(itertools.islice(blocks, 4 * workers)):
+            yield from pool.map(encode, batch)
 
 
 def _aperio_j2k_tiles(level, tile: int, quality: int) -> Iterator[bytes]:
@@ -235,11 +279,102 @@ def _aperio_j2k_tiles(level, tile: int, quality: int) -> Iterator[bytes]:
     def encode(block: np.ndarray) -> bytes:
         return imagecodecs.jpeg2k_encode(rgb_to_ycbcr(block), level=quality, codecformat="J2K", mct=False)
 
-    workers = os.cpu_count() or 1
-    tiles = _tiles(level, tile)
-    with ThreadPoolExecutor(workers) as pool:
-        while batch := list(itertools.islice(tiles, 4 * workers)):  # bounded memory, in order
-            yield from pool.map(encode, batch)
+    return _encoded(_tiles(level, tile), encode)
+
+
+class _SparseTiles:
+    """The encoded tiles of a sparse label pyramid, level by level.
+
+    Only tiles that may hold values are read and encoded. The first empty one (all ``fill``) goes
+    into the file; tifffile gets every later one as 0 bytes, which it records at offset 0, and
+    :meth:`point_empty_tiles` then points them at the written one (libtiff and PIL refuse tiles at
+    offset 0).
+    """
+
+    def __init__(self, sparse: Sparse, shapes: list[tuple[int, int]], settings: _Settings, dtype: np.dtype):
+        import tifffile
+
+        tile, factor = settings.tile, settings.factor
+        rows, cols = -(-shapes[0][0] // tile), -(-shapes[0][1] // tile)
+        level0: set[tuple[int, int]] = set()
+        for y, x, h, w in sparse.boxes:
+            top, left = max(0, y // tile), max(0, x // tile)
+            bottom, right = min(rows, -(-(y + h) // tile)), min(cols, -(-(x + w) // tile))
+            level0.update(itertools.product(range(top, bottom), range(left, right)))
+        self.occupied = [level0]  # (row, column) of the tiles that may hold values, per level
+        for _ in shapes[1:]:
+            self.occupied.append({(ty // factor, tx // factor) for ty, tx in self.occupied[-1]})
+        self.fill, self.tile = sparse.fill, tile
+        tag = _LOSSLESS_TAGS.get(settings.compression)
+        if tag is None:
+            self.encode: Callable[[np.ndarray], bytes] = lambda block: np.ascontiguousarray(block).tobytes()
+        else:  # tifffile's own codec, with the arguments it would be given
+            args = {} if settings.quality is None else {"level": settings.quality}
+            self.encode = functools.partial(tifffile.TIFF.COMPRESSORS[tag], **args)
+        self.empty = self.encode(np.full((tile, tile), sparse.fill, dtype))
+        self.empty_at: tuple[int, int] | None = None  # (level, tile index) of the empty tile written
+
+    def tiles(self, index: int, level) -> Iterator[bytes]:
+        """The encoded tiles of level ``index`` in row-major order, b"" for each empty one but the first."""
+        h, w = level.shape[:2]
+        rows, cols = -(-h // self.tile), -(-w // self.tile)
+        occupied = sorted(self.occupied[index])
+        encoded = _encoded(_tiles(level, self.tile, iter(occupied)), self.encode)
+        in_row: dict[int, list[int]] = defaultdict(list)
+        for ty, tx in occupied:
+            in_row[ty].append(tx)
+        for ty in range(rows):
+            start = 0
+            for tx in [*in_row.get(ty, ()), cols]:
+                run = tx - start  # empty tiles before this one
+                if run and self.empty_at is None:
+                    self.empty_at = (index, ty * cols + start)
+                    yield self.empty
+                    run -= 1
+                yield from itertools.repeat(b"", run)
+                if tx < cols:
+                    yield next(encoded)
+                start = tx + 1
+
+    def point_empty_tiles(self, path: Path) -> None:
+        """Point every 0-byte tile of the file at ``path`` at the one empty tile written."""
+        import tifffile
+
+        if self.empty_at is None:
+            return  # no tile was empty
+        with tifffile.TiffFile(path) as tif:
+            pages = [level.keyframe for level in tif.series[0].levels]
+            order = tif.byteorder
+            level, index = self.empty_at
+            target = int(pages[level].dataoffsets[index]), int(pages[level].databytecounts[index])
+            tables = [(page.tags["TileOffsets"], page.tags["TileByteCounts"]) for page in pages]
+        with open(path, "r+b") as fh:
+            for offsets, counts in tables:
+                _patch_empty(fh, offsets, counts, target, order)
+
+
+_TAG_TYPES = {3: "u2", 4: "u4", 16: "u8"}  # TIFF SHORT, LONG, LONG8
+_PATCH_BLOCK = 1 << 20  # table entries patched at a time
+
+
+def _patch_empty(fh, offsets, counts, target: tuple[int, int], order: str) -> None:
+    """Set the tile table entries of 0 bytes to ``target`` (offset, byte count), a block at a time."""
+    offset_type = np.dtype(order + _TAG_TYPES[int(offsets.dtype)])
+    count_type = np.dtype(order + _TAG_TYPES[int(counts.dtype)])
+    for start in range(0, counts.count, _PATCH_BLOCK):
+        n = min(_PATCH_BLOCK, counts.count - start)
+        fh.seek(counts.valueoffset + start * count_type.itemsize)
+        sizes = np.frombuffer(fh.read(n * count_type.itemsize), count_type).copy()
+        empty = sizes == 0
+        if not empty.any():
+            continue
+        fh.seek(offsets.valueoffset + start * offset_type.itemsize)
+        places = np.frombuffer(fh.read(n * offset_type.itemsize), offset_type).copy()
+        places[empty], sizes[empty] = target
+        fh.seek(offsets.valueoffset + start * offset_type.itemsize)
+        fh.write(places.tobytes())
+        fh.seek(counts.valueoffset + start * count_type.itemsize)
+        fh.write(sizes.tobytes())
 
 
 def _tile_count(shape, tile: int) -> int:
@@ -247,7 +382,7 @@ def _tile_count(shape, tile: int) -> int:
 
 
 def _write(path: Path, pyramid: list, settings: _Settings, associated: dict[str, np.ndarray],
-           progress: Progress | None) -> None:
+           progress: Progress | None, sparse: _SparseTiles | None = None) -> None:
     import tifffile
 
     raw = sum(math.prod(level.shape) * np.dtype(level.dtype).itemsize for level in pyramid)
@@ -255,7 +390,7 @@ def _write(path: Path, pyramid: list, settings: _Settings, associated: dict[str,
     done = 0
     with tifffile.TiffWriter(path, bigtiff=raw > _BIGTIFF_BYTES, ome=settings.flavor == "ome") as tw:
         for index, level in enumerate(pyramid):
-            data, options = _level_data(index, pyramid, settings)
+            data, options = _level_data(index, pyramid, settings, sparse)
             tw.write(_counted(data, progress, done, total), shape=level.shape, dtype=level.dtype, **options)
             done += _tile_count(level.shape, settings.tile)
             if settings.flavor == "svs" and index == 0:
@@ -265,8 +400,10 @@ def _write(path: Path, pyramid: list, settings: _Settings, associated: dict[str,
                 _write_associated(tw, name, associated[name], pyramid[0].shape, settings.mpp)
 
 
-def _level_data(index: int, pyramid: list, s: _Settings) -> tuple[Iterator, dict]:
-    """The tiles of level ``index`` and tifffile's write options for it."""
+def _level_data(index: int, pyramid: list, s: _Settings,
+                sparse: _SparseTiles | None = None) -> tuple[Iterator, dict]:
+    """The tiles of level ``index`` (encoded here when the source is sparse) and tifffile's write
+    options for it."""
     level = pyramid[index]
     options = dict(tile=(s.tile, s.tile), photometric="rgb" if s.kind == "rgb" else "minisblack",
                    software="napari-samlung", metadata=None)
@@ -277,6 +414,10 @@ def _level_data(index: int, pyramid: list, s: _Settings) -> tuple[Iterator, dict
     if s.compression == "jpeg2000" and s.flavor == "svs":
         data = _aperio_j2k_tiles(level, s.tile, s.quality)
         options.update(compression=33003)
+    elif sparse is not None:
+        data = sparse.tiles(index, level)
+        if COMPRESSIONS[s.compression]:
+            options.update(compression=COMPRESSIONS[s.compression])
     else:
         data = _tiles(level, s.tile)
         if COMPRESSIONS[s.compression]:

@@ -1,9 +1,13 @@
-"""Fast region reads from TIFF pyramids: decode the file's own tiles, in threads, with a cache.
+"""Fast region reads from tiled pyramids: decode the file's own tiles, in threads, with a cache.
 
-A region request is served from the TIFF tiles (or strips) it intersects. Each tile's bytes are
-read with ``os.pread`` (no shared file position, so no lock) and decoded by the page's own decode
-function from tifffile, with the JPEG tables / NDPI JPEG header that tifffile's zarr store would
-pass. imagecodecs releases the GIL, so tiles of one request decode in parallel threads. Decoded
+:class:`TiledRegionReader` serves region requests from the tiles of any :class:`TiledLevel`:
+TIFF levels (here), OpenSlide levels (``openslide_source.py``) and OME-Zarr levels
+(``omezarr_source.py``).
+
+For TIFF, a region request is served from the TIFF tiles (or strips) it intersects. Each tile's
+bytes are read with ``os.pread`` (no shared file position, so no lock) and decoded by the page's
+own decode function from tifffile, with the JPEG tables / NDPI JPEG header that tifffile's zarr
+store would pass. imagecodecs releases the GIL, so tiles of one request decode in parallel threads. Decoded
 tiles, converted to RGB, go into a bytes-bounded LRU cache shared by all levels of a slide;
 concurrent requests for the same tile wait for one decode instead of starting their own, so
 overlapping model tiles never decode a TIFF tile twice while it is cached.
@@ -30,6 +34,7 @@ import numpy as np
 
 from .color import to_rgb, ycbcr_to_rgb
 from .errors import SlideError
+from .metadata import SlideMetadata
 
 DEFAULT_CACHE_BYTES = 256 * 2**20
 
@@ -227,6 +232,38 @@ def _j2k_uses_mct(codestream: bytes) -> bool:
     return False
 
 
+class TiledLevel(Protocol):
+    """One pyramid level cut into tiles: ``decode(iy, ix)`` gives tile (iy, ix) as (h, w, 3) uint8,
+    at least the part of the tile inside the level (edge tiles may be cut short or padded)."""
+
+    index: int
+    shape: tuple[int, int]
+    tile_shape: tuple[int, int]
+
+    def decode(self, iy: int, ix: int) -> np.ndarray: ...
+
+
+def tile_side(native: int | None, low: int = 256, high: int = 2048, default: int = 512) -> int:
+    """The side of the tiles to read from a file whose own tiles (chunks) have side ``native``:
+    the native side, or a multiple of it of at least ``low``; at most ``high``; ``default`` when
+    the file has none."""
+    if not native or native <= 0:
+        return default
+    side = native * -(-low // native) if native < low else native
+    return min(side, high)
+
+
+@dataclass
+class TiledSource:
+    """What an opener of a tiled format hands to the slide: its format name, metadata, levels
+    (level 0 first) and the resources to close with the slide, in order."""
+
+    format: str
+    metadata: SlideMetadata
+    levels: list[TiledLevel]
+    resources: tuple = ()
+
+
 class RegionReader(Protocol):
     """What a :class:`~napari_samlung.slide.Slide` reads pixels through."""
 
@@ -257,10 +294,10 @@ class ArrayRegionReader:
         pass
 
 
-class TiffRegionReader:
-    """Region reads for all levels of one TIFF slide, through one tile cache and thread pool."""
+class TiledRegionReader:
+    """Region reads for all levels of one tiled slide, through one tile cache and thread pool."""
 
-    def __init__(self, levels: list[TiffLevel], *, cache_bytes: int = DEFAULT_CACHE_BYTES,
+    def __init__(self, levels: list[TiledLevel], *, cache_bytes: int = DEFAULT_CACHE_BYTES,
                  workers: int | None = None) -> None:
         self.levels = levels
         self.cache = TileCache(cache_bytes)
@@ -285,7 +322,7 @@ class TiffRegionReader:
             out[sy0 - y: sy1 - y, sx0 - x: sx1 - x] = pixels[sy0 - ty: sy1 - ty, sx0 - tx: sx1 - tx]
         return out
 
-    def _tiles(self, lv: TiffLevel, tiles: list[tuple[int, int]]) -> list[np.ndarray]:
+    def _tiles(self, lv: TiledLevel, tiles: list[tuple[int, int]]) -> list[np.ndarray]:
         """Decoded tiles, the ones not cached decoded in parallel (one of them in this thread)."""
         def get(tile: tuple[int, int]) -> np.ndarray:
             return self.cache.get((lv.index, *tile), lambda: lv.decode(*tile))

@@ -25,6 +25,9 @@ from napari_samlung.errors import SamLungError, flag_name
 
 TRAINER_MODULE = "training.finetune"  # run as ``python -m``, alone or under torchrun
 DEVICES = ("auto", "cpu", "cuda")
+#: ``--tune`` values: Mona adapters + head, the whole network, the head alone (the model's
+#: ``SamLungConfig.tune`` takes the same words).
+TUNE_MODES = ("mona", "full", "head")
 
 BEST_CHECKPOINT = "best.pt"  # the highest validation Dice
 LAST_CHECKPOINT = "last.pt"  # the latest epoch, with the state ``--resume`` needs
@@ -55,6 +58,7 @@ class FinetuneConfig:
     device: str = "auto"  # 'auto' lets the program choose (CUDA when present)
     workers: int = 0  # DataLoader worker processes per rank
     nproc: int = 1  # processes; more than one starts torchrun (one per GPU)
+    tune: str | None = None  # one of TUNE_MODES; None: the program's default for the checkpoint
     extra_args: tuple[str, ...] = ()
 
     def validate(self) -> None:
@@ -79,6 +83,8 @@ class FinetuneConfig:
             raise FinetuneError(f"lr must be positive, got {self.lr}")
         if self.device.split(":")[0] not in DEVICES:
             raise FinetuneError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.tune is not None and self.tune not in TUNE_MODES:
+            raise FinetuneError(f"tune must be one of {', '.join(TUNE_MODES)}, got {self.tune!r}")
 
 
 def trainer_options(config: FinetuneConfig) -> dict[str, Any]:
@@ -98,6 +104,7 @@ def trainer_options(config: FinetuneConfig) -> dict[str, Any]:
         "crop_size": config.crop_size,
         "lr": config.lr,
         "device": None if config.device == "auto" else config.device,
+        "tune": config.tune,
     }
 
 
