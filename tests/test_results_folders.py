@@ -70,3 +70,18 @@ def test_two_slides_of_one_name_in_different_read_only_folders_do_not_meet(tmp_p
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "user-data"))
     a, b = tmp_path / "a" / "case.svs", tmp_path / "b" / "case.svs"
     assert folders.user_results_dir(a) != folders.user_results_dir(b)
+
+
+def test_results_beside_the_slide_are_used_with_a_notice_naming_both_folders_when_another_is_chosen(tmp_path, slide):
+    beside = make_classmap(results_dir(slide), np.zeros((8, 8), np.uint8)).root
+    chosen = tmp_path / "results"
+    chosen.mkdir()
+    root, notice = choose_results(slide, chosen)
+    assert root == beside and str(beside) in notice and str(chosen) in notice
+    assert choose_results(slide) == (beside, None)  # nothing chosen: nothing to say
+
+
+@pytest.mark.parametrize("name, stem", [("x.ome.zarr", "x"), ("x.OME.TIFF", "x"), ("case.v2.ome.tif", "case.v2"),
+                                        ("x.svs", "x"), ("dicom-folder", "dicom-folder")])
+def test_results_are_named_after_the_slide_without_its_format_suffixes(tmp_path, name, stem):
+    assert results_dir(tmp_path / name) == tmp_path / f"{stem}.samlung"

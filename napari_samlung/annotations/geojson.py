@@ -143,6 +143,12 @@ def classmap_to_geojson(
 
 
 # -- tracing helpers ------------------------------------------------------------------------------
+def export_geojson(root: str | os.PathLike, path: str | os.PathLike, **options: Any) -> None:
+    """:func:`classmap_to_geojson` of the results at ``root``, written to ``path``: a function of
+    paths, so that another process can run it (the widget traces in a child process)."""
+    classmap_to_geojson(ClassMap.open(root), path, **options)
+
+
 def _to_xy(contour: np.ndarray, found: tuple[slice, slice]) -> Ring:
     # find_contours gives (row, col) of the padded piece with pixel centres at integers;
     # pixel-boundary coordinates put them at +0.5.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Generator, Mapping
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
 
-from napari_samlung.annotations.geojson import classmap_to_geojson
+from napari_samlung.annotations.geojson import export_geojson
 from napari_samlung.annotations.importing import (
     Imported,
     Target,
@@ -34,6 +34,7 @@ from napari_samlung.annotations.training_set import export_training_set
 from napari_samlung.gui._common import PathEdit, describe, measure_burden
 from napari_samlung.gui._viewer import SlideContext, UserError, show_reviewed
 from napari_samlung.gui.state import TRAINING_SET
+from napari_samlung.processes import run_apart
 from napari_samlung.inference.engine import SegmentationParams, plan_segmentation
 from napari_samlung.inference.models import model_spec
 from napari_samlung.model.checkpoint import read_checkpoint
@@ -178,7 +179,7 @@ def training_set_job(slide, cm: ClassMap, out: Path, cancel) -> Generator:
 
 def geojson_job(cm: ClassMap, path: Path, cancel) -> Generator:
     yield "Tracing the outlines"
-    classmap_to_geojson(cm, path, reviewed_boxes=True)
+    run_apart(export_geojson, cm.root, path, reviewed_boxes=True)
     return path
 
 

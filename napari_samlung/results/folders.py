@@ -83,6 +83,9 @@ def choose_results(slide_path: str | os.PathLike,
         check_results_folder(project_dir)
     found = find_results(slide_path, project_dir)
     if found is not None:
+        if project_dir and found != results_dir(slide_path, project_dir):
+            return found, (f"{Path(slide_path).name} already has results in {found}: they are used, not "
+                           f"{project_dir} (move them there, or delete them to start afresh)")
         return found, None
     if project_dir:
         return results_dir(slide_path, project_dir), None
