@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from napari_samlung.commands import segment as segment_command
 from napari_samlung.errors import SamLungError
 from napari_samlung.inference.engine import Plan, PlanSummary
 from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.confidence import ConfidenceMap, has_confidence
 from napari_samlung.slide.tiff_writer import write_pyramidal_tiff
 from napari_samlung.synthetic import write_demo_slide
 
@@ -184,6 +186,18 @@ def test_a_complete_map_gets_its_missing_exports_and_leftovers_of_a_killed_expor
     assert "complete: its label TIFF and GeoJSON written again" in capsys.readouterr().out
     assert status(["segment", slide, *TINY, "-o", tmp_path]) == 0
     assert "written again" in capsys.readouterr().out
+
+
+def test_dry_run_says_a_complete_map_without_confidence_is_segmented_again_as_the_run_does(slide, tmp_path, capsys):
+    assert status(["segment", slide, *TINY, "-o", tmp_path, "--no-export"]) == 0
+    root = tmp_path / "case.samlung"
+    shutil.rmtree(root / ConfidenceMap.STORE)  # as results of an earlier version
+    capsys.readouterr()
+    assert status(["segment", slide, *TINY, "-o", tmp_path, "--no-export", "--dry-run"]) == 0
+    assert "complete without a confidence map (made by an earlier version): segmented again" in capsys.readouterr().out
+    assert status(["segment", slide, *TINY, "-o", tmp_path, "--no-export"]) == 0
+    assert "segmented again to make one" in capsys.readouterr().err  # the run's note says the same
+    assert has_confidence(ClassMap.open(root))
 
 
 def test_writers_remove_the_leftovers_of_killed_writes_of_the_same_file_only(tmp_path):

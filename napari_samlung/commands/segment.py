@@ -55,6 +55,7 @@ from napari_samlung.inference.models import load_predictor, model_spec
 from napari_samlung.inference.predictor import TilePredictor, resolve_device
 from napari_samlung.results import burden
 from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.confidence import has_confidence
 from napari_samlung.results.folders import check_results_folder, choose_results, slide_stem
 from napari_samlung.results.lock import writing
 from napari_samlung.slide import SlideError, open_slide
@@ -261,6 +262,10 @@ def _state(cm: ClassMap, plan: Plan, root: Path, overwrite: bool, same: bool, do
     """What a run would do with an existing class map, in a few words."""
     if overwrite:
         return "exists: segmented again, reviewed regions kept"
+    if cm.status == "complete" and plan.whole_slide and not has_confidence(cm):
+        return ("complete without a confidence map (made by an earlier version): segmented again to make one, "
+                "reviewed regions kept" if same else
+                "complete without a confidence map, made with other settings: refused unless {opt:overwrite}")
     if cm.status == "complete" and plan.whole_slide:
         exports = "its label TIFF and GeoJSON written again" if _exports_stale(root) else "skipped"
         return f"complete: {exports}; {{opt:overwrite}} segments it again"

@@ -35,7 +35,7 @@ import torch
 from napari_samlung.errors import SamLungError
 from napari_samlung.geometry import Box, intersect
 from napari_samlung.results.classmap import ClassMap, ClassMapError, now
-from napari_samlung.results.confidence import ConfidenceMap
+from napari_samlung.results.confidence import ConfidenceMap, has_confidence
 from napari_samlung.results.lock import writing
 from napari_samlung.inference.confidence import ConfidenceStitcher
 from napari_samlung.inference.loader import TileLoader
@@ -243,22 +243,13 @@ def count_tiles(slide, plan: Plan, params: SegmentationParams, root: str | os.Pa
     done, rows = set(), 0
     if root is not None and job is not None and ClassMap.exists(root):
         cm = ClassMap.open(root)
-        if cm.meta.get("job") == job and tuple(cm.shape) == plan.shape and _scored(cm) and not (
+        if cm.meta.get("job") == job and tuple(cm.shape) == plan.shape and has_confidence(cm) and not (
                 params.postprocess and not plan.whole_slide):  # as _run: such region runs reuse nothing
             done, rows = read_finished(Path(root) / "progress.log", "s")
             kinds = _classify(plan.grid(), cm, plan, done, rows, _tissue(slide, params), params.tissue_threshold)
             return PlanSummary(plan, _count(kinds))
     kinds = _classify(plan.grid(), None, plan, set(), 0, _tissue(slide, params), params.tissue_threshold)
     return PlanSummary(plan, _count(kinds))
-
-
-def _scored(cm: ClassMap) -> bool:
-    """Whether the class map has its confidence map (else a run keeps none of its chunks)."""
-    try:
-        ConfidenceMap.open_for(cm)
-    except ClassMapError:
-        return False
-    return True
 
 
 def _level0(damaged: list[tuple[int, int, int, str]]) -> set[tuple[int, int]]:

@@ -88,3 +88,13 @@ class ConfidenceMap(ClassMap):
                 or meta.get("classmap_created") != classmap.meta.get("created")):
             raise ConfidenceMissing(f"{path} belongs to an earlier class map in that folder")
         return cls(classmap.root, group)
+
+
+def has_confidence(classmap: ClassMap) -> bool:
+    """Whether ``classmap`` has its (readable) confidence map; without one a run keeps none of the
+    class map's finished chunks and segments its whole box again."""
+    try:
+        ConfidenceMap.open_for(classmap)
+    except ClassMapError:
+        return False
+    return True
