@@ -299,3 +299,12 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(trained_tiny,
     expected = r"ckpt\.pt: key 'head\.classifier\.weight' has shape \(5, 8, 1, 1\)"
     with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(path)
+
+
+def test_the_spec_read_before_loading_carries_the_checkpoints_class_count(tmp_path: Path) -> None:
+    from napari_samlung.inference.models import model_spec
+
+    path = tmp_path / "three.pt"
+    save_checkpoint(SamLung(SamLungConfig.tiny(num_classes=3)), path)
+    assert model_spec(path).num_classes == 3  # new results (an import) get the checkpoint's classes
+    assert model_spec(None, "tiny", 2).num_classes == 2

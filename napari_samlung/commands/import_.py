@@ -29,8 +29,7 @@ from napari_samlung.commands.options import positive_float, positive_int
 from napari_samlung.commands.wording import note
 from napari_samlung.inference.engine import SegmentationParams, plan_segmentation
 from napari_samlung.inference.models import model_spec
-from napari_samlung.model.checkpoint import read_checkpoint
-from napari_samlung.model.config import PRESETS, SamLungConfig
+from napari_samlung.model.config import PRESETS
 from napari_samlung.errors import SamLungError
 from napari_samlung.results import burden
 from napari_samlung.results.classmap import ClassMap
@@ -122,7 +121,7 @@ def _import_into_new(args: argparse.Namespace, source: Path) -> Path:
                                                                  allow_upsampling=args.allow_upsampling))
         for text in plan.notes:
             note("import", text)
-        num_classes = _num_classes(args)
+        num_classes = spec.num_classes
         target = Target.fresh(slide, plan.shape, plan.scale, num_classes)
         imported = _read(args, source, target)
         model = {"preset": spec.preset, "mpp": plan.target_mpp, "tile": plan.tile, "num_classes": num_classes}
@@ -168,9 +167,3 @@ def _slide_levels(classmap: ClassMap, slide_path: Path | None) -> tuple[tuple[in
         if slide_path is not None:
             raise
         return ()
-
-
-def _num_classes(args: argparse.Namespace) -> int:
-    if args.checkpoint:
-        return int(SamLungConfig.from_dict(read_checkpoint(Path(args.checkpoint), mmap=True)["config"]).num_classes)
-    return args.num_classes

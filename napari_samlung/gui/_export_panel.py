@@ -37,8 +37,6 @@ from napari_samlung.gui.state import TRAINING_SET
 from napari_samlung.processes import run_apart
 from napari_samlung.inference.engine import SegmentationParams, plan_segmentation
 from napari_samlung.inference.models import model_spec
-from napari_samlung.model.checkpoint import read_checkpoint
-from napari_samlung.model.config import SamLungConfig
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.results.folders import choose_results
 
@@ -213,8 +211,7 @@ def _new_target(slide, checkpoint: str | None) -> tuple[Target, dict]:
     """The class map new results get: the checkpoint's resolution and classes (else the default preset's)."""
     spec = model_spec(checkpoint, None if checkpoint else DEFAULT_PRESET)
     plan = plan_segmentation(slide, spec, SegmentationParams())
-    num_classes = (int(SamLungConfig.from_dict(read_checkpoint(Path(checkpoint), mmap=True)["config"]).num_classes)
-                   if checkpoint else 1)
+    num_classes = spec.num_classes
     model = {"preset": spec.preset, "mpp": plan.target_mpp, "tile": plan.tile, "num_classes": num_classes}
     if checkpoint:
         model["checkpoint"] = str(Path(checkpoint).resolve())

@@ -103,6 +103,7 @@ class ModelSpec:
     tile_size: int
     mpp: float | None
     preset: str | None = None
+    num_classes: int = 1  # classes besides background: the class map new results get
 
 
 @dataclass

@@ -86,7 +86,8 @@ def model_spec(checkpoint: str | os.PathLike | None = None, preset: str | None =
         config = PRESETS[preset](num_classes=num_classes)
     else:
         return load_model(checkpoint, None, preset, num_classes)  # raises the same error load_model would
-    return ModelSpec(tile_size=int(config.img_size), mpp=config.mpp, preset=config.preset)
+    return ModelSpec(tile_size=int(config.img_size), mpp=config.mpp, preset=config.preset,
+                     num_classes=int(config.num_classes))
 
 
 def load_predictor(
