@@ -218,11 +218,11 @@ def test_the_widget_shows_the_burden_after_a_run_and_after_apply(make_napari_vie
     widget.review.review_button.click()
     wait_for(qtbot, widget)
     (draft,) = layers_of(viewer, "draft")
-    tumour_before = int((np.asarray(draft.data) == 1).sum())
+    tumour_before, size = int((np.asarray(draft.data) == 1).sum()), draft.data.size
     draft.data[...] = 1  # all tumour
     widget.review.apply_button.click()
     wait_for(qtbot, widget)
     after_apply = burden.stored(ClassMap.open(root))
     assert after_apply is not None
-    assert after_apply.tumour_px == after_run.tumour_px + draft.data.size - tumour_before
+    assert after_apply.tumour_px == after_run.tumour_px + size - tumour_before
     assert widget.segment.burden.text() == after_apply.line()

@@ -111,3 +111,42 @@ def test_cancel_reaches_the_generator(qtbot):
     job.cancel()
     qtbot.waitUntil(lambda: not job.running, timeout=10_000)
     assert done == ["stopped"]
+
+
+def test_a_result_shown_in_steps_lets_the_event_loop_run_between_them_and_ends_the_job_after(qtbot):
+    from qtpy.QtCore import QTimer
+
+    def work(cancel):
+        yield "working"
+        return "result"
+
+    seen, ended = [], []
+
+    def show(result):
+        seen.append(result)
+        QTimer.singleShot(0, lambda: seen.append("event loop"))  # runs before the next step does
+        yield
+        seen.append("step 2")
+        yield
+        seen.append("step 3")
+
+    job = Job(work, description="test", on_done=show, on_end=lambda: ended.append(list(seen)))
+    qtbot.waitUntil(lambda: not job.running, timeout=10_000)
+    assert seen == ["result", "event loop", "step 2", "step 3"]
+    assert ended == [seen]  # the job ended after its last step
+
+
+def test_a_failing_step_is_reported_and_still_ends_the_job(qtbot):
+    def work(cancel):
+        yield "working"
+        return "result"
+
+    def show(result):
+        yield
+        raise SlideError("slide.svs", "gone while shown")
+
+    failed, ended = [], []
+    job = Job(work, description="test", on_done=show, on_error=failed.append, on_end=lambda: ended.append(True))
+    qtbot.waitUntil(lambda: not job.running, timeout=10_000)
+    assert ended == [True] and len(failed) == 1
+    assert any("gone while shown" in m for m in notifications("error"))

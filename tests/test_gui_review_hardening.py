@@ -32,6 +32,7 @@ from gui_support import (  # noqa: F401  (fixtures)
 )
 from napari_samlung.gui import _export_panel
 from napari_samlung.gui._panel import Panel
+from napari_samlung.gui.layers import IDLE_DRAFT
 from napari_samlung.labels import IGNORE, TUMOR
 from napari_samlung.results.classmap import ClassMap
 from napari_samlung.results.drafts import MAX_REVIEW_SIDE, list_drafts
@@ -271,7 +272,8 @@ def test_outlines_read_on_h_and_e_and_follow_a_rebuilt_class_map(make_napari_vie
     widget.review.outlines.setChecked(True)
     assert classmap.contour > 0 and classmap.opacity == 1.0
     viewer.layers.remove(classmap)
-    widget.results_written(widget.current_slide(), results_dir(demo_slide), now=True)  # shown anew
+    for _step in widget.show_results(widget.current_slide(), results_dir(demo_slide)):  # shown anew
+        pass
     (rebuilt,) = layers_of(viewer, "classmap")
     assert rebuilt.contour > 0
     widget.review.outlines.setChecked(False)
@@ -308,17 +310,68 @@ def test_the_reviewed_regions_layer_never_takes_the_selection_nor_offers_move_to
     assert len(ClassMap.open(cm.root).reviewed) == 2
 
 
-def test_removing_a_draft_layer_spares_the_viewer_a_full_garbage_collection(make_napari_viewer, qtbot,
-                                                                             demo_slide, monkeypatch):
-    segmented(demo_slide)
+def prepared(qtbot, viewer) -> None:
+    """Wait until the widget has added the layers a review takes over (after results are shown)."""
+    qtbot.waitUntil(lambda: bool(layers_of(viewer, "reviewed") and layers_of(viewer, IDLE_DRAFT)
+                                 and not layers_of(viewer, IDLE_DRAFT)[0].visible), timeout=5000)
+
+
+def test_reviews_take_over_one_layer_prepared_before_the_first_and_add_none(make_napari_viewer, qtbot,
+                                                                            demo_slide):
+    cm = segmented(demo_slide)
     viewer = make_napari_viewer()
     open_slide_layer(viewer, demo_slide)
     widget = dock(viewer)
+    active = viewer.layers.selection.active
+    prepared(qtbot, viewer)  # added after the slide's results, one per turn, selection untouched
+    assert viewer.layers.selection.active is active
+    (reviewed,) = layers_of(viewer, "reviewed")
+    (aside,) = layers_of(viewer, IDLE_DRAFT)
+    assert len(reviewed.data) == 0 and not reviewed.editable
+    assert not aside.visible and not aside.editable and aside.data.shape == (1, 1)
+    layers = list(viewer.layers)
+
+    draw_rectangle(viewer, 99.75, 49.75, 249.75, 199.75)  # level-0 200..500, 100..400
+    layers.append(viewer.layers["roi"])
+    press(qtbot, widget, widget.review.review_button)
+    (draft,) = layers_of(viewer, "draft")
+    assert draft is aside and list(viewer.layers) == layers  # taken over: no layer added
+    assert draft.visible and draft.editable and draft.mode == "paint" and viewer.layers.selection.active is draft
+    assert draft.data.shape == (300, 300) and tuple(draft.translate) == pytest.approx((100, 50))
+    draft.paint((150, 150), 0)
+    press(qtbot, widget, widget.review.apply_button)
+    assert list(viewer.layers) == layers and layers_of(viewer, IDLE_DRAFT) == [draft]
+    assert not draft.visible and not draft.editable and draft.data.shape == (1, 1)
+    assert len(reviewed.data) == 1 and viewer.layers.selection.active is not reviewed
+
+    before = ClassMap.open(cm.root).read((600, 600, 100, 100))
+    draw_rectangle(viewer, 299.75, 299.75, 349.75, 349.75)  # a second review: the same layer again
+    press(qtbot, widget, widget.review.review_button)
+    assert layers_of(viewer, "draft") == [draft] and draft.data.shape == (100, 100)
+    draft.undo()  # the history of the closed review is gone: nothing to undo here
+    assert np.array_equal(np.asarray(draft.data), before)
+    assert tuple(draft.translate) == pytest.approx((300, 300))
+
+
+def test_closing_reviews_keeps_one_layer_aside_and_removes_others_without_a_full_garbage_collection(
+        make_napari_viewer, qtbot, demo_slide, monkeypatch):
+    cm = segmented(demo_slide)
+    viewer = make_napari_viewer()
+    open_slide_layer(viewer, demo_slide)
+    widget = dock(viewer)
+    prepared(qtbot, viewer)
+    for rectangle in ((49.75, 49.75, 99.75, 99.75), (299.75, 299.75, 349.75, 349.75)):
+        draw_rectangle(viewer, *rectangle)
+        press(qtbot, widget, widget.review.review_button)
+    assert len(layers_of(viewer, "draft")) == 2 and not layers_of(viewer, IDLE_DRAFT)
     frozen = []
     collect = gc.collect
     monkeypatch.setattr(gc, "collect", lambda *args: frozen.append(gc.get_freeze_count()) or collect(*args))
-    review_and_apply(qtbot, viewer, widget, (50, 50, 100, 100))
-    assert not layers_of(viewer, "draft")
+    for draft in layers_of(viewer, "draft"):
+        viewer.layers.selection.active = draft
+        press(qtbot, widget, widget.review.apply_button)
+    assert not layers_of(viewer, "draft") and len(layers_of(viewer, IDLE_DRAFT)) == 1
+    assert len(ClassMap.open(cm.root).reviewed) == 2
     assert frozen and all(count > 10_000 for count in frozen)  # napari's collection saw only new objects
     assert gc.get_freeze_count() == 0
 

@@ -7,12 +7,12 @@ import importlib
 import threading
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Iterator
 
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import ErrorNotification, notification_manager, show_error
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from napari_samlung.errors import SamLungError, user_error
@@ -130,6 +130,11 @@ class Job:
     without ``on_done`` and is reported by :func:`report` (``label`` words a user error's parameter):
     a user error as one message, a bug with its traceback, logged; ``on_error`` then gets it (a
     panel's status says the job failed).
+
+    ``on_done`` may be a generator function: the job then runs it on the main thread one step (up
+    to each ``yield``) per turn of the event loop, so that the viewer draws and answers between the
+    steps of showing a result (each layer change can take napari tens of milliseconds), and ends
+    after its last step.
     """
 
     def __init__(self, function: Callable[..., Generator], *args: Any, description: str,
@@ -140,6 +145,7 @@ class Job:
         self.bar = progress(total=0, desc=description)
         self._on_yield, self._on_done, self._on_end, self._on_error = on_yield, on_done, on_end, on_error
         self._label = label
+        self._steps: Iterator[None] | None = None
         self.running = True
         self.worker = create_worker(_guarded, function, *args, self.cancel_event, _start_thread=False)
         self.worker.yielded.connect(self._yielded)
@@ -171,13 +177,33 @@ class Job:
             if self._on_error is not None:
                 self._on_error(result.error)
         elif self._on_done is not None:
-            self._on_done(result)
+            steps = self._on_done(result)
+            if isinstance(steps, Iterator):
+                self._steps = steps
 
     def _finished(self) -> None:
+        if self._steps is not None:
+            QTimer.singleShot(0, self._next_step)
+            return
         self.running = False
         self.bar.close()
         if self._on_end is not None:
             self._on_end()
+
+    def _next_step(self) -> None:
+        try:
+            next(self._steps)
+        except StopIteration:
+            self._steps = None
+        except Exception as exc:  # showing the result failed; the work itself is done
+            self._steps = None
+            report(exc, self._label)
+            if self._on_error is not None:
+                self._on_error(exc)
+        else:
+            QTimer.singleShot(0, self._next_step)
+            return
+        self._finished()
 
 
 def warm_imports(names: tuple[str, ...] = WARM_IMPORTS) -> threading.Thread:

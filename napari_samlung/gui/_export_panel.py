@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Generator, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Generator, Iterator, Mapping
 
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
@@ -146,9 +146,10 @@ class ExportPanel(QGroupBox):
             if job is not None:
                 self._say(f"importing {Path(path).name}")
 
-    def _imported(self, slide: SlideContext, outcome: tuple[ClassMap, str]) -> None:
+    def _imported(self, slide: SlideContext, outcome: tuple[ClassMap, str]) -> Iterator[None]:
         cm, message = outcome
-        self.host.results_written(slide, cm.root, now=True)
+        yield from self.host.show_results(slide, cm)
+        yield
         show_reviewed(self.host.viewer, slide, cm)
         self._say(f"done: {message}")
         show_info(message)

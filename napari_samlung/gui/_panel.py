@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import napari
@@ -50,8 +50,12 @@ class Host(Protocol):
     def classmap(self, slide: SlideContext, writable: bool = False) -> ClassMap:
         """The slide's class map; UserError when it has none yet."""
 
-    def results_written(self, slide: SlideContext, root: Path, now: bool = False) -> None:
-        """A job wrote into ``root``: show and redraw its class map."""
+    def results_written(self, slide: SlideContext, root: Path) -> None:
+        """A running job wrote into the results in ``root``: show its class map, redraw it soon."""
+
+    def show_results(self, slide: SlideContext, source: ClassMap | Path) -> Iterator[None]:
+        """A job has finished writing the results ``source`` (an opened class map or its folder):
+        show them, a step per turn of the event loop (``yield from`` it in a job's ``on_done``)."""
 
     def start_job(self, function: Callable, *args: Any, description: str,
                   on_yield: Callable[[Any], None] | None = None,

@@ -21,7 +21,7 @@ ranking is made again at every press, so applied and open reviews leave it.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, Iterator, Mapping
 
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
@@ -41,18 +41,18 @@ from napari_samlung.gui._common import describe, measure_burden
 from napari_samlung.gui._viewer import (
     SlideContext,
     UserError,
-    add,
     drawn_box,
     find_draft_layer,
     find_layers,
     frame_rectangle,
     outline,
-    remove,
+    put_aside,
+    show_draft,
     show_reviewed,
     slide_of,
     visible_box,
 )
-from napari_samlung.gui.layers import DRAFT_ID, RESULTS, ROLE, draft_layer
+from napari_samlung.gui.layers import DRAFT_ID, RESULTS, ROLE
 from napari_samlung.inference.suggestions import Field, ranked_fields
 from napari_samlung.labels import TUMOR
 from napari_samlung.results.classmap import ClassMap
@@ -188,12 +188,18 @@ class ReviewPanel(QGroupBox):
         yield "Copying the region"
         return start_review(cm, box)
 
-    def _show_draft(self, slide: SlideContext, draft: Draft) -> None:
-        layer = add(self.host.viewer, draft_layer(draft, slide.frame, slide.path, slide.name))
+    def _show_draft(self, slide: SlideContext, draft: Draft) -> Iterator[None]:
+        """Show ``draft`` in its layer, ready to paint; a step per turn of the event loop (napari
+        slices and draws the draft when it turns visible)."""
+        viewer = self.host.viewer
+        layer = show_draft(viewer, slide, draft)
+        yield
+        layer.visible = True
+        yield
         layer.selected_label = TUMOR
         layer.brush_size = max(10, min(draft.box[2:]) // 20)
         layer.mode = "paint"
-        self.host.viewer.layers.selection.active = layer
+        viewer.layers.selection.active = layer
         self._say(f"reviewing {draft.box[3]} x {draft.box[2]} px: paint, fill or erase, "
                   "then Apply or Discard")
 
@@ -226,13 +232,13 @@ class ReviewPanel(QGroupBox):
         yield "Copying the field"
         return fields[0], len(fields) - 1, start_review(cm, fields[0].box)
 
-    def _suggested(self, slide: SlideContext, outcome: tuple[Field, int, Draft] | None) -> None:
+    def _suggested(self, slide: SlideContext, outcome: tuple[Field, int, Draft] | None) -> Iterator[None]:
         if outcome is None:
             self._say("no suggestion: every segmented field is reviewed or open in a draft")
             return
         field, left, draft = outcome
         frame_rectangle(self.host.viewer, slide.frame.box_to_world_rect(field.box, draft.classmap.scale))
-        self._show_draft(slide, draft)
+        yield from self._show_draft(slide, draft)
         self._say(f"suggested field: mean confidence {field.confidence:.2f} ({left} more after it); paint, "
                   "fill or erase, then Apply or Discard")
 
@@ -269,11 +275,14 @@ class ReviewPanel(QGroupBox):
         measure_burden(draft.classmap.root, cancel=cancel)
         return draft.classmap, record  # its record read here, so the main thread reads nothing
 
-    def _applied(self, slide: SlideContext, layer, outcome: tuple[ClassMap, dict[str, Any]]) -> None:
+    def _applied(self, slide: SlideContext, layer, outcome: tuple[ClassMap, dict[str, Any]]) -> Iterator[None]:
         cm, record = outcome
-        remove(self.host.viewer, layer)
-        self.host.results_written(slide, cm.root, now=True)
+        put_aside(self.host.viewer, layer)
+        yield
+        yield from self.host.show_results(slide, cm)
+        yield
         show_reviewed(self.host.viewer, slide, cm)
+        yield
         self._list_regions(cm, slide)
         self._say(f"done: {self._region_name(cm, record['id'])} reviewed")
         show_info(f"{slide.name}: the corrected region is saved and recorded as reviewed")
@@ -292,7 +301,7 @@ class ReviewPanel(QGroupBox):
         draft.discard()
 
     def _discarded(self, layer) -> None:
-        remove(self.host.viewer, layer)
+        put_aside(self.host.viewer, layer)
         self._say("done: review discarded")
 
     # -- reviewed regions ---------------------------------------------------------------------
@@ -368,7 +377,8 @@ class ReviewPanel(QGroupBox):
             if not waiting:
                 raise UserError(f"{slide.name} has no unapplied review drafts")
             for draft in waiting:
-                self._show_draft(slide, draft)
+                for _step in self._show_draft(slide, draft):
+                    pass
             self.offer_drafts(drafts)
             if len(waiting) > 1:
                 self._say(f"reviewing {len(waiting)} drafts: paint, fill or erase, "

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Generator, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Generator, Iterator, Mapping
 
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
@@ -375,10 +375,10 @@ class SegmentPanel(QGroupBox):
         reply = QMessageBox.question(self, "SAM-Lung: a large run", question)
         return reply == QMessageBox.StandardButton.Yes
 
-    def _done(self, outcome: Outcome) -> None:
+    def _done(self, outcome: Outcome) -> Iterator[None]:
         run, result = outcome.run, outcome.result
         if ClassMap.exists(run.root):
-            self.host.results_written(run.context, run.root, now=True)
+            yield from self.host.show_results(run.context, run.root)
         if result is None:
             self._skipped(outcome)
             return

@@ -4,6 +4,12 @@ Layers are tied together by the metadata keys of :mod:`napari_samlung.gui.layers
 helpers find a slide's class-map, reviewed-regions and draft layers whoever added them. They also
 keep the view legible: the scale bar in micrometres, class outlines, and the reviewed-regions
 layer a display that never takes the selection nor offers its move tools.
+
+Adding a layer is the slowest thing napari does for a plugin (0.2-0.4 s of its main thread on a
+slow machine: the layer's controls, its visual and the labels tools' overlays). A review therefore
+adds no layer when it can help it: a closed review's layer is put aside, hidden, and the next review
+of the same results takes it over, and :func:`missing_review_layers` lets the widget add the
+reviewed-regions layer and a put-aside draft layer before the first review, while nothing else runs.
 """
 
 from __future__ import annotations
@@ -22,17 +28,24 @@ from napari_samlung.gui._reader import EXTENSIONS, PLUGIN
 from napari_samlung.gui.layers import (
     CLASSMAP_OPACITY,
     DRAFT_ID,
+    IDLE_DRAFT,
     OUTLINE_OPACITY,
     OUTLINE_WIDTH,
     RESULTS,
+    REVIEWED_EDGE,
     ROLE,
     SLIDE_PATH,
     LayerData,
     classmap_layer,
+    draft_layer,
+    idle_draft_layer,
+    idle_draft_name,
+    reviewed_edge_width,
     reviewed_layer,
     reviewed_rectangles,
 )
 from napari_samlung.results.classmap import ClassMap
+from napari_samlung.results.drafts import Draft
 
 
 class UserError(SamLungError):
@@ -119,6 +132,71 @@ def add(viewer, layer_data: LayerData) -> Layer:
     return viewer.add_layer(Layer.create(*layer_data))
 
 
+def add_aside(viewer, layer_data: LayerData) -> Layer:
+    """Add a layer without taking the selection from the layer the buttons act on."""
+    active = viewer.layers.selection.active
+    layer = add(viewer, layer_data)
+    role = layer_data[1]["metadata"].get(ROLE)
+    if role == "reviewed":
+        _display_only(layer)
+    elif role == IDLE_DRAFT:
+        layer.editable = False  # no paint tools until a review takes it over
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
+    return layer
+
+
+def missing_review_layers(viewer, slide: SlideContext, cm: ClassMap) -> list[LayerData]:
+    """The layers a review of ``cm`` would otherwise add while the user waits: the reviewed-regions
+    layer (empty until a region is reviewed) and a put-aside draft layer, when not there yet."""
+    missing = []
+    if not find_layers(viewer, "reviewed", cm.root):
+        missing.append(reviewed_layer(cm, slide.frame, slide.path, slide.name))
+    if not find_layers(viewer, IDLE_DRAFT, cm.root) and not find_layers(viewer, "draft", cm.root):
+        missing.append(idle_draft_layer(cm, slide.frame, slide.path, slide.name))
+    return missing
+
+
+def show_draft(viewer, slide: SlideContext, draft: Draft) -> Labels:
+    """The labels layer of ``draft``, hidden (the caller shows it, a turn of the event loop later):
+    a put-aside draft layer of the same results taken over, else a new one. Its data is the draft's
+    array, so every stroke lands on disk."""
+    data, kwargs, kind = draft_layer(draft, slide.frame, slide.path, slide.name)
+    aside = find_layers(viewer, IDLE_DRAFT, draft.classmap.root)
+    if not aside:
+        return add(viewer, (data, {**kwargs, "visible": False}, kind))
+    layer = aside[0]
+    if list(layer.features.get("class", [])) != kwargs["features"]["class"]:  # results made again
+        layer.colormap, layer.features = kwargs["colormap"], kwargs["features"]
+    layer.data = data  # napari makes the layer editable again
+    layer.metadata = kwargs["metadata"]
+    layer.name = kwargs["name"]
+    if not np.allclose(layer.scale, kwargs["scale"]):
+        layer.scale = kwargs["scale"]
+    layer.translate = kwargs["translate"]
+    return layer
+
+
+def put_aside(viewer, layer: Labels) -> None:
+    """Close a review's layer (its draft applied or discarded): hidden and kept, with a 1 x 1
+    placeholder for data and no history, for the next review of its results to take over; removed
+    when another is put aside already or its slide is no longer open."""
+    if layer not in viewer.layers:
+        return
+    root = layer.metadata[RESULTS]
+    slide = slide_of(viewer, layer)
+    if slide is None or any(other is not layer for other in find_layers(viewer, IDLE_DRAFT, Path(root))):
+        remove(viewer, layer)
+        return
+    layer.visible = False
+    layer.data = np.zeros((1, 1), np.uint8)  # lets go of the draft's array (its files are gone)
+    layer.editable = False  # no tools, and napari forgets the undo history of the closed review
+    layer.metadata = {ROLE: IDLE_DRAFT, SLIDE_PATH: layer.metadata[SLIDE_PATH], RESULTS: root}
+    layer.name = idle_draft_name(slide.name)
+    if viewer.layers.selection.active is layer:
+        viewer.layers.selection.active = slide.layer
+
+
 def remove(viewer, layer: Layer) -> None:
     """Remove ``layer`` (if still shown) without freezing the viewer for a full garbage collection.
 
@@ -170,9 +248,16 @@ def show_reviewed(viewer, slide: SlideContext, source: ClassMap | Path) -> Shape
     layers = find_layers(viewer, "reviewed", cm.root)
     if layers:
         layer = layers[0]
-        if [np.asarray(corners).tolist() for corners in layer.data] != rectangles:
-            layer.data = rectangles  # redrawn only when changed: napari takes 0.1-0.3 s for it
-            layer.shape_type = "rectangle"
+        shown = [np.asarray(corners).tolist() for corners in layer.data]
+        if shown != rectangles:
+            width = reviewed_edge_width(cm, slide.frame)
+            if shown == rectangles[:len(shown)]:  # regions added: napari makes only the new ones
+                layer.add_rectangles(np.asarray(rectangles[len(shown):]), edge_width=width,
+                                     edge_color=REVIEWED_EDGE, face_color="transparent")
+            else:  # all made again: napari takes 0.1-0.3 s for it
+                layer.current_edge_width = width
+                layer.data = rectangles
+                layer.shape_type = "rectangle"
     elif rectangles:
         layer = add(viewer, reviewed_layer(cm, slide.frame, slide.path, slide.name))
     else:

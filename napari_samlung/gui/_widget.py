@@ -5,7 +5,9 @@ slides, the running job); the panels hold their controls and reach the widget th
 of :mod:`~napari_samlung.gui._panel`. Long work runs in napari thread workers
 (:class:`~napari_samlung.gui._common.Job`); layers are only touched here, on the main thread.
 The modules napari would import on the main thread for the first labels layer are imported in the
-background when the widget starts (:func:`~napari_samlung.gui._common.warm_imports`).
+background when the widget starts (:func:`~napari_samlung.gui._common.warm_imports`), and the layers
+a first review would add are added when a slide's results are shown, one per turn of the event
+loop, rather than while the user waits for a review to open.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ from napari_samlung.gui._segment_panel import SegmentPanel
 from napari_samlung.gui._viewer import (
     SlideContext,
     UserError,
+    add_aside,
     current_slide,
     find_layers,
     is_slide_layer,
+    missing_review_layers,
     show_classmap,
     show_reviewed,
     show_scale_bar,
 )
+from napari_samlung.gui.layers import IDLE_DRAFT
 from napari_samlung.gui.model_cache import PredictorCache
 from napari_samlung.gui.settings import WidgetSettings, load_settings, save_settings
 from napari_samlung.gui.state import WidgetState
@@ -49,6 +54,7 @@ if TYPE_CHECKING:
     import napari
 
 REFRESH_MS = 400  # at most this often, the class-map layers are redrawn while a run writes
+PREPARE_MS = 50  # between the layers added ahead of a first review: the viewer draws in between
 
 
 class SamLungWidget(QWidget):
@@ -186,18 +192,29 @@ class SamLungWidget(QWidget):
             raise UserError(f"{slide.name} has no segmentation yet (looked in {root}): segment it first")
         return ClassMap.open(root, mode="r+" if writable else "r")
 
-    def results_written(self, slide: SlideContext, root: Path, now: bool = False) -> None:
-        """A job wrote into ``root``: show its class map, and redraw it (throttled unless ``now``)."""
-        key = Path(root).resolve()
-        if not find_layers(self.viewer, "classmap", key) or now:
-            show_classmap(self.viewer, slide, key)
-        self._stale.add(key)
-        if now:
-            self._redraw()
-            show_confidence(self.viewer, slide, ClassMap.open(key))  # a run's end: its confidence is complete
-            self.segment.show_burden()  # a run or an applied review has measured it again
-        elif not self._refresh.isActive():
+    def results_written(self, slide: SlideContext, root: Path) -> None:
+        """A running job wrote into the results in ``root``: show its class map, redraw it (at most
+        every ``REFRESH_MS``)."""
+        root = Path(root).resolve()
+        if not find_layers(self.viewer, "classmap", root):
+            show_classmap(self.viewer, slide, ClassMap.open(root))
+        self._stale.add(root)
+        if not self._refresh.isActive():
             self._refresh.start()
+
+    def show_results(self, slide: SlideContext, source: ClassMap | Path) -> Iterator[None]:
+        """A job has finished writing the results ``source`` (their class map, opened by the job, or
+        their folder): show and redraw the class map, its confidence and burden, and prepare the
+        layers of a review; a step per turn of the event loop (see :class:`Job`)."""
+        cm = source if isinstance(source, ClassMap) else ClassMap.open(source)  # opened once here
+        root = Path(cm.root).resolve()
+        show_classmap(self.viewer, slide, cm)
+        self._stale.add(root)
+        self._redraw()
+        yield
+        show_confidence(self.viewer, slide, cm)  # a run's end: its confidence is complete
+        self.segment.show_burden()  # a run, an applied review or an import has measured it again
+        self._prepare_review(slide, root)
 
     def _redraw(self) -> None:
         self._refresh.stop()
@@ -217,11 +234,27 @@ class SamLungWidget(QWidget):
             show_classmap(self.viewer, slide, cm)
             show_reviewed(self.viewer, slide, cm)
             show_confidence(self.viewer, slide, cm)
+            self._prepare_review(slide, cm.root)
             self._check_chunks(slide, cm)
             drafts = list_drafts(cm)  # the Review panel offers them when the slide is the current one
             if drafts:
                 show_info(f"{slide.name}: {len(drafts)} review draft(s) not applied yet; "
                           "'Resume drafts' opens them again")
+
+    def _prepare_review(self, slide: SlideContext, root: Path) -> None:
+        """Add the layers that a first review and its apply would add (napari takes a few tenths of
+        a second for each), one per turn of the event loop, so that the viewer draws in between."""
+        def add_next() -> None:
+            if slide.layer not in self.viewer.layers or not ClassMap.exists(root):
+                return
+            if find_layers(self.viewer, "reviewed", root) and find_layers(self.viewer, IDLE_DRAFT, root):
+                return  # (the common case, told without opening the class map)
+            missing = missing_review_layers(self.viewer, slide, ClassMap.open(root))
+            if missing:
+                add_aside(self.viewer, missing[0])
+                QTimer.singleShot(PREPARE_MS, add_next)
+
+        QTimer.singleShot(PREPARE_MS, add_next)
 
     def _check_chunks(self, slide: SlideContext, cm: ClassMap) -> None:
         """Compare the class map's chunk files with their checksums in a worker (it reads every

@@ -22,7 +22,8 @@ from napari_samlung.labels import IGNORE
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-ROLE = "samlung_role"  # 'slide', 'classmap', 'confidence', 'reviewed' or 'draft'
+ROLE = "samlung_role"  # 'slide', 'classmap', 'confidence', 'reviewed', 'draft' or IDLE_DRAFT
+IDLE_DRAFT = "idle draft"  # a draft layer with no review open, kept for the next review
 SLIDE_PATH = "samlung_slide"  # the slide file (absolute path), on every layer of the slide
 RESULTS = "samlung_results"  # the result folder of class-map, reviewed and draft layers
 DRAFT_ID = "samlung_draft"
@@ -166,15 +167,21 @@ def reviewed_rectangles(cm: ClassMap, frame: SlideFrame) -> list[list[list[float
     return [frame.box_to_world_rect(tuple(record["box"]), cm.scale) for record in cm.reviewed]
 
 
+def reviewed_edge_width(cm: ClassMap, frame: SlideFrame) -> float:
+    """Outline width (world units) of the reviewed regions: a fiftieth of the smallest one's side,
+    at least 2 level-0 pixels."""
+    side = min((min(r["box"][2:]) for r in cm.reviewed), default=64) * cm.scale
+    return max(2.0, side / 50) * max(frame.scale)
+
+
 def reviewed_layer(cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLike, name: str) -> LayerData:
     """The reviewed regions as outlined rectangles (display only: the class map records them)."""
-    side = min((min(r["box"][2:]) for r in cm.reviewed), default=64) * cm.scale
     kwargs = {
         "name": f"{name} reviewed regions",
         "shape_type": "rectangle",
         "edge_color": REVIEWED_EDGE,
         "face_color": "transparent",
-        "edge_width": max(2.0, side / 50) * max(frame.scale),
+        "edge_width": reviewed_edge_width(cm, frame),
         "metadata": _tags(cm, slide_path, "reviewed"),
     }
     if frame.units:
@@ -195,6 +202,25 @@ def draft_layer(draft: Draft, frame: SlideFrame, slide_path: str | os.PathLike, 
         **_placed(frame, cm.scale, draft.box[:2]),
     }
     return draft.data, kwargs, "labels"
+
+
+def idle_draft_layer(cm: ClassMap, frame: SlideFrame, slide_path: str | os.PathLike, name: str) -> LayerData:
+    """A hidden draft layer with no review open (a 1 x 1 placeholder), which the next review of
+    ``cm`` takes over instead of adding a layer."""
+    kwargs = {
+        "name": idle_draft_name(name),
+        "colormap": label_colors(cm.num_classes),
+        "features": class_features(cm),
+        "opacity": 0.7,
+        "visible": False,
+        "metadata": _tags(cm, slide_path, IDLE_DRAFT),
+        **_placed(frame, cm.scale),
+    }
+    return np.zeros((1, 1), np.uint8), kwargs, "labels"
+
+
+def idle_draft_name(name: str) -> str:
+    return f"{name} review (none open)"
 
 
 def results_layers(root: Path, frame: SlideFrame, slide_path: str | os.PathLike,
