@@ -16,7 +16,8 @@
    any plugin's review pays on this machine's display.
 
 Run under a display (``xvfb-run -a python benchmarks/ui_latency.py``). Options: ``--size``,
-``--segment-size``, ``--device``, ``--checkpoint`` (default: a fresh tiny model), ``--skip-open``.
+``--segment-size``, ``--device``, ``--checkpoint`` (default: a fresh tiny model), ``--rounds``,
+``--skip-open``.
 """
 
 from __future__ import annotations

@@ -146,15 +146,17 @@ def add_aside(viewer, layer_data: LayerData) -> Layer:
     return layer
 
 
-def missing_review_layers(viewer, slide: SlideContext, cm: ClassMap) -> list[LayerData]:
-    """The layers a review of ``cm`` would otherwise add while the user waits: the reviewed-regions
-    layer (empty until a region is reviewed) and a put-aside draft layer, when not there yet."""
-    missing = []
-    if not find_layers(viewer, "reviewed", cm.root):
-        missing.append(reviewed_layer(cm, slide.frame, slide.path, slide.name))
-    if not find_layers(viewer, IDLE_DRAFT, cm.root) and not find_layers(viewer, "draft", cm.root):
-        missing.append(idle_draft_layer(cm, slide.frame, slide.path, slide.name))
-    return missing
+def missing_review_layers(viewer, slide: SlideContext, root: Path) -> list[LayerData]:
+    """The layers a review of the results in ``root`` would otherwise add while the user waits: the
+    reviewed-regions layer (empty until a region is reviewed) and a put-aside draft layer, when not
+    there yet. The class map is opened only when one is missing."""
+    reviewed = not find_layers(viewer, "reviewed", root)
+    draft = not find_layers(viewer, IDLE_DRAFT, root) and not find_layers(viewer, "draft", root)
+    if not (reviewed or draft):
+        return []
+    cm = ClassMap.open(root)
+    return ([reviewed_layer(cm, slide.frame, slide.path, slide.name)] if reviewed else []) + (
+        [idle_draft_layer(cm, slide.frame, slide.path, slide.name)] if draft else [])
 
 
 def show_draft(viewer, slide: SlideContext, draft: Draft) -> Labels:

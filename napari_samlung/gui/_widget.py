@@ -41,7 +41,6 @@ from napari_samlung.gui._viewer import (
     show_reviewed,
     show_scale_bar,
 )
-from napari_samlung.gui.layers import IDLE_DRAFT
 from napari_samlung.gui.model_cache import PredictorCache
 from napari_samlung.gui.settings import WidgetSettings, load_settings, save_settings
 from napari_samlung.gui.state import WidgetState
@@ -247,9 +246,7 @@ class SamLungWidget(QWidget):
         def add_next() -> None:
             if slide.layer not in self.viewer.layers or not ClassMap.exists(root):
                 return
-            if find_layers(self.viewer, "reviewed", root) and find_layers(self.viewer, IDLE_DRAFT, root):
-                return  # (the common case, told without opening the class map)
-            missing = missing_review_layers(self.viewer, slide, ClassMap.open(root))
+            missing = missing_review_layers(self.viewer, slide, root)
             if missing:
                 add_aside(self.viewer, missing[0])
                 QTimer.singleShot(PREPARE_MS, add_next)
