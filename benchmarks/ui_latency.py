@@ -11,9 +11,11 @@
    (the draft of the whole slide) and apply that review, ``--rounds`` times, and the three
    exports. Python's full garbage collections (which stop every thread) are named where they fell.
    A summary prints the longest stall per action (first segment, segment, review, apply, export)
-   and, since single stalls vary a lot on a shared machine, the median over the presses. For comparison, the same
-   is measured for napari alone adding a labels layer of the draft's size and a shapes layer: what
-   any plugin's review pays on this machine's display.
+   and, since single stalls vary a lot on a shared machine, the median over the presses.
+3. The floor: napari alone (no plugin code) in the same viewer, with the same layers: redrawing the
+   same view, a review's display change in plain napari calls (an array of the draft's size swapped
+   into a hidden labels layer, shown, selected, put in paint mode), and adding a labels layer and a
+   shapes layer. An action that changes what is shown cannot stall less than these on this display.
 
 Run under a display (``xvfb-run -a python benchmarks/ui_latency.py``). Options: ``--size``,
 ``--segment-size``, ``--device``, ``--checkpoint`` (default: a fresh tiny model), ``--rounds``,
@@ -244,19 +246,49 @@ def measure_actions(viewer, app, widget, exports: Path, args) -> dict[str, list[
     return longest
 
 
-def measure_napari_alone(viewer, app, side: int) -> None:
-    """Stalls of napari itself adding a ``side`` x ``side`` labels layer, then a one-rectangle shapes
-    layer (no plugin code runs)."""
-    labels = np.zeros((side, side), np.uint8)
-    rectangle = [[[0, 0], [0, 99], [99, 99], [99, 0]]]
-    for what, add in ((f"a {side} x {side} labels layer", lambda: viewer.add_labels(labels)),
-                      ("a shapes layer", lambda: viewer.add_shapes(rectangle, shape_type="rectangle"))):
+def measure_napari_alone(viewer, app, side: int, rounds: int) -> dict[str, list[float]]:
+    """Stalls of napari itself (no plugin code runs) in the same viewer, after the actions: the floor
+    under the plugin's figures on this machine's display. Redrawing the same view (a layer's opacity
+    nudged), a review's display change done in plain napari calls (a ``side`` x ``side`` array swapped
+    into a hidden labels layer, shown, selected, put in paint mode, a turn of the event loop each), and
+    adding a labels layer and a shapes layer. Returns the longest stall (ms) of each, by what."""
+    longest: dict[str, list[float]] = {}
+
+    def timed(what: str, *steps: Callable[[], None]) -> None:
         meter = StallMeter(viewer, move=False)
         with meter:
             pump(app, LEAD_S)
-            add()
+            for step in steps:
+                step()
+                pump(app, 0.05)
             pump(app, SETTLE_S)
-        print(f"napari alone, adding {what}: {meter.summary()}")
+        longest.setdefault(what, []).append(meter.longest_ms)
+        print(f"napari alone, {what}: {meter.summary()}")
+
+    shown = next(layer for layer in reversed(viewer.layers) if layer.visible)
+    for _ in range(rounds):
+        timed("redrawing the same view", lambda: setattr(shown, "opacity", shown.opacity * 0.99))
+
+    rng = np.random.default_rng(0)
+    draft = viewer.add_labels(np.zeros((1, 1), np.uint8), name="napari alone", visible=False)
+    slide_layer = viewer.layers[0]
+    viewer.layers.selection.active = slide_layer
+    pump(app, SETTLE_S)
+    for _ in range(rounds):
+        data = (rng.random((side, side)) < 0.3).astype(np.uint8)
+        timed(f"showing a {side} x {side} array for painting (a review's display)",
+              lambda: setattr(draft, "data", data), lambda: setattr(draft, "visible", True),
+              lambda: setattr(viewer.layers.selection, "active", draft), lambda: setattr(draft, "mode", "paint"))
+        draft.mode = "pan_zoom"
+        draft.visible = False
+        viewer.layers.selection.active = slide_layer
+        pump(app, SETTLE_S)
+
+    labels = np.zeros((side, side), np.uint8)
+    rectangle = [[[0, 0], [0, 99], [99, 99], [99, 0]]]
+    timed(f"adding a {side} x {side} labels layer", lambda: viewer.add_labels(labels))
+    timed("adding a shapes layer", lambda: viewer.add_shapes(rectangle, shape_type="rectangle"))
+    return longest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,11 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         measure_open(viewer, app, work, args)
     widget, exports = docked_widget(viewer, work, args)
     longest = measure_actions(viewer, app, widget, exports, args)
-    measure_napari_alone(viewer, app, args.segment_size)
+    floor = measure_napari_alone(viewer, app, args.segment_size, args.rounds)
     print("longest main-thread stall per action (target < 100 ms): "
           + ", ".join(f"{action} {max(ms):.0f} ms" for action, ms in longest.items()))
     print("median over the presses of each press's longest stall: "
           + ", ".join(f"{action} {statistics.median(ms):.0f} ms ({len(ms)})" for action, ms in longest.items()))
+    print("napari alone in the same viewer, median of the longest stalls: "
+          + ", ".join(f"{what} {statistics.median(ms):.0f} ms ({len(ms)})" for what, ms in floor.items()))
     viewer.close()
     return 0
 

@@ -310,6 +310,24 @@ def test_the_reviewed_regions_layer_never_takes_the_selection_nor_offers_move_to
     assert len(ClassMap.open(cm.root).reviewed) == 2
 
 
+def test_the_panels_scroll_so_the_window_fits_a_laptop_screen_and_status_lines_never_resize_the_canvas(
+        make_napari_viewer, qtbot, demo_slide):
+    viewer = make_napari_viewer()
+    viewer.window.resize(1280, 720)
+    open_slide_layer(viewer, demo_slide)
+    widget = dock(viewer)
+    qtbot.wait(50)
+    window, canvas = viewer.window._qt_window, viewer.window._qt_viewer.canvas.native
+    assert window.height() <= 720 and widget.parentWidget().minimumSizeHint().height() < 400
+    size = canvas.size()
+    path = "/" + "/".join(f"a-long-folder-name-{n:02d}" for n in range(12)) + "/training-set"
+    message = f"done: training set written to {path}"
+    for panel in (widget.segment, widget.review, widget.export):
+        panel.status.setText(message)
+    qtbot.wait(50)
+    assert canvas.size() == size and window.height() <= 720
+
+
 def prepared(qtbot, viewer) -> None:
     """Wait until the widget has added the layers a review takes over (after results are shown)."""
     qtbot.waitUntil(lambda: bool(layers_of(viewer, "reviewed") and layers_of(viewer, IDLE_DRAFT)

@@ -190,16 +190,17 @@ class ReviewPanel(QGroupBox):
 
     def _show_draft(self, slide: SlideContext, draft: Draft) -> Iterator[None]:
         """Show ``draft`` in its layer, ready to paint; a step per turn of the event loop (napari
-        slices and draws the draft when it turns visible)."""
+        slices and draws the draft when it turns visible, and repaints its controls on selection)."""
         viewer = self.host.viewer
         layer = show_draft(viewer, slide, draft)
         yield
         layer.visible = True
         yield
+        viewer.layers.selection.active = layer  # napari swaps in the labels controls
+        yield
         layer.selected_label = TUMOR
         layer.brush_size = max(10, min(draft.box[2:]) // 20)
         layer.mode = "paint"
-        viewer.layers.selection.active = layer
         self._say(f"reviewing {draft.box[3]} x {draft.box[2]} px: paint, fill or erase, "
                   "then Apply or Discard")
 

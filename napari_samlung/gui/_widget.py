@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_samlung.gui._common import Job, report, warm_imports
 from napari_samlung.gui._confidence import show_confidence
@@ -82,10 +82,7 @@ class SamLungWidget(QWidget):
         self.finetune = FinetunePanel(self)
         self.panels = (self.segment, self.review, self.export, self.finetune)
         self._labels = {param: label for panel in self.panels for param, label in panel.FIELDS.items()}
-        layout = QVBoxLayout(self)
-        for panel in self.panels:
-            layout.addWidget(panel)
-        layout.addStretch(1)
+        self._lay_out()
         for field in dataclasses.fields(WidgetSettings):
             getattr(self.state.events, field.name).connect(self.save_settings)
         self.state.events.project_dir.connect(lambda *_: self._mpp.clear())  # kept µm/px come from the results
@@ -100,6 +97,25 @@ class SamLungWidget(QWidget):
                 self.attach(layer)
         self._slide_changed(self._current_path())
         warm_imports()
+
+    def _lay_out(self) -> None:
+        """The panels one above the other in a scrolled area: all of them are taller than a laptop's
+        screen, and unscrolled they would make napari's window as tall (its canvas then resized, and
+        redrawn, whenever a status line gains a line)."""
+        panels = QWidget()
+        column = QVBoxLayout(panels)
+        for panel in self.panels:
+            column.addWidget(panel)
+        column.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(panels)
+        scroll.setMinimumWidth(panels.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll)
 
     # -- settings, errors, jobs -----------------------------------------------------------------
     def save_settings(self) -> None:
