@@ -312,7 +312,7 @@ def test_the_reviewed_regions_layer_never_takes_the_selection_nor_offers_move_to
 
 def test_the_panels_scroll_so_the_window_fits_a_laptop_screen_and_status_lines_never_resize_the_canvas(
         make_napari_viewer, qtbot, demo_slide):
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)  # a shown window grows to fit its docks
     viewer.window.resize(1280, 720)
     open_slide_layer(viewer, demo_slide)
     widget = dock(viewer)
